@@ -1,0 +1,50 @@
+"""Everything that reads or writes weight files. `load(path)` detects the format:
+
+- a llama2.c `.bin` file (legacy version 0 or version 1);
+- a folder with `config.json`: Hugging Face transformers (safetensors, sharded or not);
+- a folder with `params.json` and `consolidated.*.pth`: Meta's reference format (any number of shards);
+- a folder with `params.json` and `model.safetensors`: ours (`save`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import CheckpointError
+from ..params import Params
+from .hf import is_hf, load_hf
+from .llama2c import is_llama2c, load_llama2c, save_llama2c
+from .meta import is_meta, load_meta, save_meta
+from .native import is_native, load_native, save
+
+FORMATS = (("llama2c", is_llama2c, load_llama2c), ("native", is_native, load_native),
+           ("hf", is_hf, load_hf), ("meta", is_meta, load_meta))
+
+
+def detect_format(path: str | Path) -> str:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    for name, matches, _ in FORMATS:
+        if matches(path):
+            return name
+    found = ", ".join(sorted(p.name for p in path.iterdir())[:10]) if path.is_dir() else path.name
+    raise CheckpointError(
+        f"{path}: not a known checkpoint (expected a llama2.c .bin, a Hugging Face folder with config.json, "
+        f"Meta's params.json + consolidated.*.pth, or params.json + model.safetensors); found: {found or 'nothing'}")
+
+
+def load(path: str | Path, *, dtype: torch.dtype | None = None,
+         device: str | torch.device = "cpu") -> tuple[Params, ModelConfig]:
+    """Read a checkpoint of any supported format into (params, cfg), cast to `dtype` (None: as stored)
+    on `device`. Tensors are read lazily from memory-mapped files, one at a time."""
+    path = Path(path)
+    fmt = detect_format(path)
+    loader = next(load_fn for name, _, load_fn in FORMATS if name == fmt)
+    return loader(path, dtype=dtype, device=device)
+
+
+__all__ = ["detect_format", "load", "save", "save_llama2c", "save_meta"]

@@ -1,0 +1,101 @@
+"""What every loader shares: turning lazily read tensors into the params dict (cast, moved, checked),
+with a progress bar on big loads, and writing a folder atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import CheckpointError, ParamsError
+from ..params import Params, check_params, param_shapes
+
+
+
+class LazyTensor(NamedTuple):
+    """A tensor in a file: its shape is known without reading it; `read()` returns it (mmap-backed
+    where the format allows)."""
+
+    shape: tuple[int, ...]
+    read: Callable[[], torch.Tensor]
+
+
+PROGRESS_MIN_WEIGHTS = 500_000_000
+
+
+def progress(total: int, label: str) -> Callable[[int], None]:
+    """A stderr progress bar over `total` weights (on a terminal, for models over 500M weights);
+    call it with the count done."""
+    if total < PROGRESS_MIN_WEIGHTS or not sys.stderr.isatty():
+        return lambda done: None
+    start = time.monotonic()
+
+    def update(done: int) -> None:
+        rate = done / max(time.monotonic() - start, 1e-6) / 1e9
+        bar = "#" * int(30 * done / total)
+        end = "\n" if done >= total else ""
+        print(f"\r{label} [{bar:<30}] {done / 1e9:.2f}/{total / 1e9:.2f} G weights, {rate:.2f} G/s",
+              end=end, file=sys.stderr, flush=True)
+    return update
+
+
+def materialize(lazy: dict[str, LazyTensor], cfg: ModelConfig, source: str, *,
+                dtype: torch.dtype | None, device: str | torch.device) -> Params:
+    """Check every key and shape against `cfg` before reading anything, then read each tensor, cast it
+    to `dtype` (None: keep the stored dtype) and move it to `device`, one at a time."""
+    try:
+        check_params({k: torch.empty(t.shape, device="meta") for k, t in lazy.items()}, cfg)
+    except ParamsError as e:
+        raise CheckpointError(f"{source}: the weights contradict the model config: {e}") from None
+    total = sum(torch.Size(t.shape).numel() for t in lazy.values())
+    bar, done, params = progress(total, f"loading {Path(source).name}"), 0, {}
+    for key in param_shapes(cfg):
+        t = lazy[key].read()
+        params[key] = t.to(device=device, dtype=dtype or t.dtype)
+        done += t.numel()
+        bar(done)
+    return params
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path`, on error it is removed,
+    so a failed save never leaves a half-written checkpoint."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path}: already exists (pass overwrite=True / --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary file name beside `path`, renamed onto `path` on success and removed on error."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path}: already exists (pass overwrite=True / --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,51 @@
+"""llamafn's own format: a folder with `model.safetensors` (Meta key names) and `params.json`
+(ModelConfig.to_dict, readable as Meta's params.json too), plus `tokenizer.model` when given."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..config import ModelConfig, read_json
+from ..errors import CheckpointError
+from ..params import Params, check_params
+from .common import LazyTensor, atomic_dir, materialize
+
+WEIGHTS = "model.safetensors"
+CONFIG = "params.json"
+
+
+def is_native(path: Path) -> bool:
+    return path.is_dir() and (path / WEIGHTS).is_file() and (path / CONFIG).is_file()
+
+
+def open_safetensors(path: Path) -> dict[str, LazyTensor]:
+    """Lazy, memory-mapped tensors of one .safetensors file; corrupt or truncated files raise CheckpointError."""
+    try:
+        f = safe_open(str(path), framework="pt", device="cpu")
+        return {k: LazyTensor(tuple(f.get_slice(k).get_shape()), lambda k=k: f.get_tensor(k)) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def load_native(path: Path, *, dtype: torch.dtype | None, device: str | torch.device) -> tuple[Params, ModelConfig]:
+    cfg = ModelConfig.from_dict(read_json(path / CONFIG), source=str(path / CONFIG))
+    return materialize(open_safetensors(path / WEIGHTS), cfg, str(path / WEIGHTS), dtype=dtype, device=device), cfg
+
+
+def save(path: str | Path, params: Params, cfg: ModelConfig, *, tokenizer: str | Path | None = None,
+         overwrite: bool = False) -> Path:
+    """Write `params` and `cfg` to the folder `path` (atomically: all or nothing). Returns the path."""
+    check_params(params, cfg)
+    with atomic_dir(path, overwrite) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in params.items()}, str(tmp / WEIGHTS),
+                  metadata={"format": "pt", "producer": "llamafn"})
+        (tmp / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, tmp / "tokenizer.model")
+    return Path(path)

@@ -1,0 +1,63 @@
+"""Greedy and sampled decoding as a pure init/step pair over an explicit state.
+
+`prefill` runs the (right-padded, ragged) prompts through one forward and picks each row's first new
+token from the logits at its own last prompt position; `step` feeds the previous tokens and picks the
+next. Both are free of host syncs; the driver (llamafn.decode.driver) owns stopping and streaming.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .. import cache as kv
+from ..cache import KVCache
+from ..config import ModelConfig
+from ..model import forward
+from ..params import Params
+from ..sampling import SamplingParams, sample
+
+
+class SampleState(NamedTuple):
+    cache: KVCache
+    last: torch.Tensor      # (B,) int64: the token each row emitted last
+    seen: torch.Tensor      # (B, V) bool: tokens in each row's context (for the repetition penalty)
+    finished: torch.Tensor  # (B,) bool: the row has emitted a stop token
+
+
+def _emit(logits: torch.Tensor, state: SampleState, sp: SamplingParams, noise: torch.Tensor,
+          stop_tokens: torch.Tensor) -> tuple[torch.Tensor, SampleState]:
+    """Pick the next token of every row from logits (B, V) and fold it into the state."""
+    token = sample(logits, sp, noise, state.seen)                          # (B,)
+    token = torch.where(state.finished, state.last, token)                # finished rows repeat themselves
+    finished = state.finished | torch.isin(token, stop_tokens)
+    seen = state.seen.scatter(1, token[:, None], True)
+    return token, state._replace(last=token, seen=seen, finished=finished)
+
+
+def prefill(params: Params, prompts: torch.Tensor, prompt_lengths: torch.Tensor, cache: KVCache,
+            sp: SamplingParams, noise: torch.Tensor, stop_tokens: torch.Tensor, *, cfg: ModelConfig,
+            attention: str = "sdpa") -> tuple[torch.Tensor, SampleState]:
+    """prompts (B, T) right-padded, prompt_lengths (B,) >= 1 -> first new tokens (B,), state.
+
+    The padding is written to the cache too, then dropped by truncating each row to its own length.
+    """
+    B, T = prompts.shape
+    start = cache.lengths
+    logits, cache = forward(params, prompts, cache, cfg=cfg, attention=attention)  # (B, T, V)
+    cache = kv.truncate(cache, start + prompt_lengths)
+    last_logits = logits[torch.arange(B, device=prompts.device), prompt_lengths - 1]  # (B, V)
+    valid = torch.arange(T, device=prompts.device)[None, :] < prompt_lengths[:, None]  # (B, T)
+    seen = torch.zeros(B, cfg.vocab_size, dtype=torch.bool, device=prompts.device)
+    seen = seen.scatter(1, torch.where(valid, prompts, prompts[:, :1]), True)
+    state = SampleState(cache=cache, last=prompts[:, 0], seen=seen,
+                        finished=torch.zeros(B, dtype=torch.bool, device=prompts.device))
+    return _emit(last_logits, state, sp, noise, stop_tokens)
+
+
+def step(params: Params, state: SampleState, sp: SamplingParams, noise: torch.Tensor, stop_tokens: torch.Tensor,
+         *, cfg: ModelConfig, attention: str = "sdpa") -> tuple[torch.Tensor, SampleState]:
+    """One token per row: feed state.last, return the next tokens (B,) and the new state."""
+    logits, cache = forward(params, state.last[:, None], state.cache, cfg=cfg, attention=attention)
+    return _emit(logits[:, -1], state._replace(cache=cache), sp, noise, stop_tokens)

@@ -1,0 +1,10 @@
+"""The functional LLaMA core: one idea a file."""
+
+from .attention import attention
+from .block import block
+from .ffn import feed_forward
+from .forward import forward
+from .norm import rms_norm
+from .rope import apply_rope, inv_frequencies, rope_angles
+
+__all__ = ["apply_rope", "attention", "block", "feed_forward", "forward", "inv_frequencies", "rms_norm", "rope_angles"]

@@ -1,0 +1,76 @@
+"""Causal multi-head attention with grouped-query key/value heads (GQA, Ainslie et al. 2023; MQA when
+n_kv_heads == 1), RoPE on q and k, and the KV cache.
+
+Two backends behind the kernel registry, chosen by name:
+- "reference": the naive eager formula, softmax(q kᵀ / sqrt(d)) v with the (T, S) score matrix
+  materialised and K/V repeated per query head, as Meta's reference model.py does. The baseline.
+- "sdpa": torch.nn.functional.scaled_dot_product_attention (flash/efficient kernels where they apply).
+A backend takes q (B, H, T, D), k and v (B, Hkv, S, D) and the query positions (B, T) (None: plain
+causal, S == T) and returns (B, H, T, D). Key s sits at position s; a query at position p sees keys <= p.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import cache as kv
+from ..cache import KVCache
+from ..config import ModelConfig
+from ..kernels import get, register
+from .rope import apply_rope, rope_angles
+
+
+def causal_mask(q_pos: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """q_pos (B, T) -> bool (B, 1, T, S): key position s is visible to a query at position p iff s <= p."""
+    k_pos = torch.arange(n_keys, device=q_pos.device)
+    return (k_pos[None, None, :] <= q_pos[:, :, None])[:, None]
+
+
+@register("attention", "reference")
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None) -> torch.Tensor:
+    n_rep = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(n_rep, dim=1)                           # (B, H, S, D)
+    v = v.repeat_interleave(n_rep, dim=1)                           # (B, H, S, D)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])     # (B, H, T, S)
+    if q_pos is None:
+        q_pos = torch.arange(q.shape[2], device=q.device)[None]
+    scores = scores.masked_fill(~causal_mask(q_pos, k.shape[2]), float("-inf"))
+    probs = F.softmax(scores.float(), dim=-1).type_as(q)
+    return probs @ v                                                # (B, H, T, D)
+
+
+@register("attention", "sdpa")
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None) -> torch.Tensor:
+    gqa = q.shape[1] != k.shape[1]
+    if q_pos is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(q_pos, k.shape[2]), enable_gqa=gqa)
+
+
+def attention(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None, layer: int, *,
+              cfg: ModelConfig, backend: str = "sdpa") -> tuple[torch.Tensor, KVCache | None]:
+    """p: `wq.weight wk.weight wv.weight wo.weight`; x (B, T, dim) -> (y (B, T, dim), cache).
+
+    Positions come from `cache.lengths` (0..T-1 without a cache). With a cache, this layer's new keys
+    and values are written in place (the cache is donated, see llamafn.cache) and attention runs over
+    the whole preallocated length, masked by position.
+    """
+    B, T, _ = x.shape
+    H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    pos = kv.positions(cache, B, T, x.device)                             # (B, T)
+    cos, sin = rope_angles(pos, cfg)                                      # (B, T, D/2) each
+    q = apply_rope(F.linear(x, p["wq.weight"]).view(B, T, H, D), cos, sin)    # (B, T, H, D)
+    k = apply_rope(F.linear(x, p["wk.weight"]).view(B, T, Hkv, D), cos, sin)  # (B, T, Hkv, D)
+    v = F.linear(x, p["wv.weight"]).view(B, T, Hkv, D)                    # (B, T, Hkv, D)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)     # (B, heads, T, D)
+    attend = get("attention", backend)
+    if cache is None:
+        out = attend(q, k, v, None)
+    else:
+        cache = kv.write(cache, layer, k, v, pos)
+        out = attend(q, cache.k[layer].to(q.dtype), cache.v[layer].to(q.dtype), pos)
+    out = out.transpose(1, 2).reshape(B, T, H * D)                        # (B, T, H*D)
+    return F.linear(out, p["wo.weight"]), cache

@@ -1,0 +1,26 @@
+"""One pre-norm transformer block of LLaMA: h = x + attn(norm(x)); out = h + ffn(norm(h))."""
+
+from __future__ import annotations
+
+import torch
+
+from ..cache import KVCache
+from ..config import ModelConfig
+from .attention import attention
+from .ffn import feed_forward
+from .norm import rms_norm
+
+
+def subtree(p: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under `prefix`, with the prefix dropped: subtree(p, "attention.")["wq.weight"]."""
+    return {k[len(prefix):]: v for k, v in p.items() if k.startswith(prefix)}
+
+
+def block(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None, layer: int, *,
+          cfg: ModelConfig, backend: str = "sdpa") -> tuple[torch.Tensor, KVCache | None]:
+    """p: one layer's params (keys without `layers.{i}.`); x (B, T, dim) -> (B, T, dim), cache."""
+    a, cache = attention(subtree(p, "attention."), rms_norm(x, p["attention_norm.weight"], cfg.norm_eps),
+                         cache, layer, cfg=cfg, backend=backend)
+    h = x + a
+    out = h + feed_forward(subtree(p, "feed_forward."), rms_norm(h, p["ffn_norm.weight"], cfg.norm_eps))
+    return out, cache

@@ -1,0 +1,127 @@
+"""The params dict: Meta's flat key names (DESIGN.md, convention 1), its shapes for a config, random
+initialisation, validation, and pure transforms (cast).
+
+Keys (weights are `nn.Linear` layout, (out_features, in_features)):
+    tok_embeddings.weight                    (vocab, dim)
+    layers.{i}.attention_norm.weight         (dim,)
+    layers.{i}.attention.wq.weight           (n_heads * head_dim, dim)
+    layers.{i}.attention.wk.weight           (n_kv_heads * head_dim, dim)
+    layers.{i}.attention.wv.weight           (n_kv_heads * head_dim, dim)
+    layers.{i}.attention.wo.weight           (dim, n_heads * head_dim)
+    layers.{i}.ffn_norm.weight               (dim,)
+    layers.{i}.feed_forward.w1.weight        (hidden, dim)   gate
+    layers.{i}.feed_forward.w2.weight        (dim, hidden)   down
+    layers.{i}.feed_forward.w3.weight        (hidden, dim)   up
+    norm.weight                              (dim,)
+    output.weight                            (vocab, dim)    absent when embeddings are tied
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import ModelConfig
+from .errors import ParamsError
+
+Params = dict[str, torch.Tensor]
+
+LAYER_KEYS = (
+    "attention_norm.weight",
+    "attention.wq.weight",
+    "attention.wk.weight",
+    "attention.wv.weight",
+    "attention.wo.weight",
+    "ffn_norm.weight",
+    "feed_forward.w1.weight",
+    "feed_forward.w2.weight",
+    "feed_forward.w3.weight",
+)
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every key of a model with config `cfg` and its shape, in checkpoint order."""
+    d, hd, hid = cfg.dim, cfg.head_dim, cfg.hidden_dim
+    layer = {
+        "attention_norm.weight": (d,),
+        "attention.wq.weight": (cfg.n_heads * hd, d),
+        "attention.wk.weight": (cfg.n_kv_heads * hd, d),
+        "attention.wv.weight": (cfg.n_kv_heads * hd, d),
+        "attention.wo.weight": (d, cfg.n_heads * hd),
+        "ffn_norm.weight": (d,),
+        "feed_forward.w1.weight": (hid, d),
+        "feed_forward.w2.weight": (d, hid),
+        "feed_forward.w3.weight": (hid, d),
+    }
+    shapes = {"tok_embeddings.weight": (cfg.vocab_size, d)}
+    for i in range(cfg.n_layers):
+        shapes.update({f"layers.{i}.{k}": s for k, s in layer.items()})
+    shapes["norm.weight"] = (d,)
+    if not cfg.tie_embeddings:
+        shapes["output.weight"] = (cfg.vocab_size, d)
+    return shapes
+
+
+def n_params(cfg: ModelConfig) -> int:
+    return sum(math.prod(s) for s in param_shapes(cfg).values())
+
+
+def init_params(cfg: ModelConfig, *, generator: torch.Generator | None = None,
+                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Params:
+    """Random weights: norms are ones, embeddings N(0, 1), matrices N(0, 1/fan_in) so activations stay O(1).
+
+    On the `meta` device nothing is allocated: use it to plan memory (`sum(t.nbytes for t in ...)`).
+    Values are drawn on the generator's device (CPU by default) and then moved, so a seed gives the
+    same weights on every device.
+    """
+    params: Params = {}
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    for key, shape in param_shapes(cfg).items():
+        if torch.device(device).type == "meta":
+            params[key] = torch.empty(shape, dtype=dtype, device="meta")
+            continue
+        if key.endswith("norm.weight"):
+            t = torch.ones(shape)
+        else:
+            std = 1.0 if key == "tok_embeddings.weight" else shape[1] ** -0.5
+            t = torch.randn(shape, generator=generator, device=gen_device) * std
+        params[key] = t.to(device=device, dtype=dtype)
+    return params
+
+
+def check_params(params: Params, cfg: ModelConfig) -> None:
+    """Raise ParamsError naming every missing, unexpected or misshapen key (all of them, not the first)."""
+    expected = param_shapes(cfg)
+    missing = [k for k in expected if k not in params]
+    unexpected = [k for k in params if k not in expected]
+    misshapen = [f"{k}: expected {expected[k]}, got {tuple(params[k].shape)}"
+                 for k in expected if k in params and tuple(params[k].shape) != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    if misshapen:
+        problems.append(f"misshapen keys ({len(misshapen)}): {'; '.join(misshapen)}")
+    if problems:
+        raise ParamsError("params do not match the config:\n  " + "\n  ".join(problems))
+
+
+def layer_params(params: Params, i: int) -> Params:
+    """The slice of layer `i`, keys without the `layers.{i}.` prefix."""
+    return {k: params[f"layers.{i}.{k}"] for k in LAYER_KEYS}
+
+
+def output_weight(params: Params) -> torch.Tensor:
+    """The classifier (vocab, dim): `output.weight`, or the embedding table when tied."""
+    return params.get("output.weight", params["tok_embeddings.weight"])
+
+
+def cast(params: Params, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> Params:
+    """A new dict with every tensor moved/cast (norm weights included, as Meta does in bf16)."""
+    return {k: v.to(device=device, dtype=dtype) for k, v in params.items()}
+
+
+def nbytes(params: Params) -> int:
+    return sum(t.numel() * t.element_size() for t in params.values())

@@ -50,13 +50,16 @@ def progress(total: int, label: str) -> Callable[[int], None]:
 def materialize(lazy: dict[str, LazyTensor], cfg: ModelConfig, source: str, *,
                 dtype: torch.dtype | None, device: str | torch.device) -> Params:
     """Check every key and shape against `cfg` before reading anything, then read each tensor, cast it
-    to `dtype` (None: keep the stored dtype) and move it to `device`, one at a time."""
+    to `dtype` (None: keep the stored dtype) and move it to `device`, one at a time. On the `meta`
+    device nothing is read (shapes are still checked): that is how `llamafn info` plans memory."""
     try:
         check_params({k: torch.empty(t.shape, device="meta") for k, t in lazy.items()}, cfg)
     except ParamsError as e:
         raise CheckpointError(f"{source}: the weights contradict the model config: {e}") from None
     total = sum(torch.Size(t.shape).numel() for t in lazy.values())
     bar, done, params = progress(total, f"loading {Path(source).name}"), 0, {}
+    if torch.device(device).type == "meta":
+        return {k: torch.empty(s, dtype=dtype or torch.float32, device="meta") for k, s in param_shapes(cfg).items()}
     for key in param_shapes(cfg):
         t = lazy[key].read()
         params[key] = t.to(device=device, dtype=dtype or t.dtype)

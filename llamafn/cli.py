@@ -1,0 +1,162 @@
+"""The command line: `llamafn generate | info | convert` (also `python -m llamafn`).
+
+Errors the project raises on purpose (LlamafnError) are printed as one line, without a traceback,
+and the exit status is 1; an interrupted run exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from . import checkpoint
+from .decode import check_prompts, generate
+from .errors import InputError, LlamafnError, TokenizerError
+from .kernels import backends
+from .params import n_params
+from .sampling import sampling_params
+from .tokenizer import Tokenizer
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def find_tokenizer(model: Path) -> Path:
+    """tokenizer.model next to the model (in its folder, or beside a single-file checkpoint), else the
+    only *.model file there."""
+    folder = model if model.is_dir() else model.parent
+    if (folder / "tokenizer.model").is_file():
+        return folder / "tokenizer.model"
+    candidates = sorted(folder.glob("*.model"))
+    if len(candidates) == 1:
+        return candidates[0]
+    raise TokenizerError(f"no tokenizer found next to {model} "
+                         f"({'several' if candidates else 'no'} *.model files in {folder}); pass --tokenizer")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    if args.model is None:
+        raise InputError("no model given: pass --model PATH (a llama2.c .bin, a Hugging Face, Meta or llamafn folder)")
+    model = Path(args.model)
+    checkpoint.detect_format(model)
+    sampling_params(1, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                    repetition_penalty=args.repetition_penalty)
+    device = args.device or default_device()
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    tok = Tokenizer(args.tokenizer or find_tokenizer(model))
+    params, cfg = checkpoint.load(model, dtype=dtype, device=device)
+    if tok.vocab_size > cfg.vocab_size:
+        raise TokenizerError(f"tokenizer {tok.path} has {tok.vocab_size} tokens but the model's vocabulary "
+                             f"has {cfg.vocab_size}: they do not belong together")
+    prompt = tok.encode(args.prompt, bos=True)
+    room = cfg.max_seq_len - len(prompt)
+    if room < 1:
+        raise InputError(f"the prompt is {len(prompt)} tokens, the model's context is {cfg.max_seq_len}")
+    max_new = args.max_new_tokens if args.max_new_tokens is not None else min(256, room)
+    check_prompts([prompt], cfg, max_new)
+    generator = torch.Generator(device).manual_seed(args.seed) if args.seed is not None else None
+    decoder = tok.stream_decoder(prompt)
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+
+    def on_token(row: int, token: int) -> None:
+        sys.stdout.write(decoder.push([token]))
+        sys.stdout.flush()
+
+    generate(params, cfg, [prompt], max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+             min_p=args.min_p, repetition_penalty=args.repetition_penalty, stop_tokens=tok.stop_tokens,
+             generator=generator, on_token=on_token, attention=args.attention, sync_every=1)
+    sys.stdout.write(decoder.flush() + "\n")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    fmt = checkpoint.detect_format(path)
+    params, cfg = checkpoint.load(path, device="meta")
+    on_disk = sum(f.stat().st_size for f in ([path] if path.is_file() else path.iterdir()) if f.is_file())
+    print(f"{'path':<16}{path}\n{'format':<16}{fmt}")
+    for key, value in cfg.to_dict().items():
+        print(f"{key:<16}{value}")
+    count = n_params(cfg)
+    print(f"{'parameters':<16}{count:,}\n{'bf16 bytes':<16}{count * 2:,}\n{'bytes on disk':<16}{on_disk:,}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    src = Path(args.src)
+    params, cfg = checkpoint.load(src, dtype=DTYPES[args.dtype] if args.dtype else None)
+    try:
+        tokenizer = find_tokenizer(src)
+    except TokenizerError:
+        tokenizer = None
+    if args.format == "native":
+        checkpoint.save(args.dst, params, cfg, tokenizer=tokenizer, overwrite=args.overwrite)
+    elif args.format == "meta":
+        checkpoint.save_meta(args.dst, params, cfg, n_shards=args.shards, overwrite=args.overwrite)
+    else:
+        checkpoint.save_llama2c(args.dst, params, cfg, version=1, overwrite=args.overwrite)
+    print(f"wrote {args.dst} ({args.format}, {n_params(cfg):,} parameters)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llamafn", description="LLaMA inference, functional style.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate text from a prompt, streamed to stdout")
+    g.add_argument("prompt", nargs="?", default="", help="the prompt text (empty: start from BOS alone)")
+    g.add_argument("--model", help="checkpoint: llama2.c .bin, or a Hugging Face, Meta or llamafn folder")
+    g.add_argument("--tokenizer", help="tokenizer file (default: the one next to the model)")
+    g.add_argument("--max-new-tokens", type=int, help="default: 256, or what fits the context")
+    g.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (default 0.8)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass in (0, 1] (default 0.95)")
+    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1: off)")
+    g.add_argument("--seed", type=int, help="seed of the sampling noise")
+    g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
+    g.add_argument("--attention", default="sdpa", choices=backends("attention"), help="attention backend")
+    g.set_defaults(run=cmd_generate)
+
+    i = sub.add_parser("info", help="print a checkpoint's config, parameter count and size")
+    i.add_argument("path")
+    i.set_defaults(run=cmd_info)
+
+    c = sub.add_parser("convert", help="convert a checkpoint (any readable format) to another")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--format", choices=("native", "meta", "llama2c"), default="native")
+    c.add_argument("--dtype", choices=sorted(DTYPES), help="cast the weights (default: keep)")
+    c.add_argument("--shards", type=int, default=1, help="model-parallel shards for --format meta")
+    c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    c.set_defaults(run=cmd_convert)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except LlamafnError as e:
+        print(f"llamafn: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -38,7 +38,7 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos
     if q_pos is None:
         q_pos = torch.arange(q.shape[2], device=q.device)[None]
     scores = scores.masked_fill(~causal_mask(q_pos, k.shape[2]), float("-inf"))
-    probs = F.softmax(scores.float(), dim=-1).type_as(q)
+    probs = F.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).type_as(q)
     return probs @ v                                                # (B, H, T, D)
 
 

@@ -1,11 +1,11 @@
 """RMSNorm (Zhang & Sennrich 2019, "Root Mean Square Layer Normalization"), as Meta's LLaMA applies it:
-normalise in float32, cast back to the input dtype, then scale by the weight."""
+normalise in (at least) float32, cast back to the input dtype, then scale by the weight."""
 
 import torch
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x (..., dim), weight (dim,) -> (..., dim) in x's dtype."""
-    xf = x.float()
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
     normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return normed.type_as(x) * weight

@@ -41,7 +41,7 @@ def rope_angles(positions: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B, T, H, D); cos, sin (B, T, D/2) -> x rotated pairwise, in x's dtype."""
-    pairs = x.float().unflatten(-1, (-1, 2))                           # (B, T, H, D/2, 2)
+    pairs = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (-1, 2))  # (B, T, H, D/2, 2)
     re, im = pairs[..., 0], pairs[..., 1]                              # (B, T, H, D/2)
     c, s = cos[:, :, None, :], sin[:, :, None, :]                      # (B, T, 1, D/2)
     rotated = torch.stack((re * c - im * s, re * s + im * c), dim=-1)  # (B, T, H, D/2, 2)

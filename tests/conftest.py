@@ -1,0 +1,48 @@
+"""Shared fixtures and Hypothesis profiles: `ci` (the default when CI is set: derandomised, no
+deadline, few examples) and `dev` (more examples). Choose with HYPOTHESIS_PROFILE=dev."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", deadline=None, derandomize=True, max_examples=15, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("dev", deadline=None, max_examples=100,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
+
+
+def shared_file(*parts: str) -> Path:
+    """A file of ../shared/models, or skip the test saying which file is missing."""
+    path = SHARED_MODELS.joinpath(*parts)
+    if not path.is_file():
+        pytest.skip(f"real-model data not available: {path} is missing (it lives in ../shared/models)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def stories260k():
+    """(params, cfg, tokenizer) of the real stories260K model, float32 on the CPU."""
+    import llamafn as lf
+
+    params, cfg = lf.load(shared_file("stories260K", "stories260K.bin"))
+    return params, cfg, lf.Tokenizer(shared_file("stories260K", "tok512.model"))
+
+
+@pytest.fixture(scope="session")
+def stories260k_golden() -> tuple[list[int], str]:
+    """The known-good greedy output of stories260K from its README: (ids incl. BOS, text)."""
+    readme = shared_file("stories260K", "README.md").read_text()
+    ids_line = next(line for line in readme.splitlines() if line.startswith("[1, "))
+    ids = [int(x) for x in ids_line.strip("[] \n").split(",")]
+    text = readme.split("```text\n", 1)[1].split("\n```", 1)[0]
+    return ids, text

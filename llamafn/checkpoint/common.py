@@ -82,6 +82,8 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         if path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         os.replace(tmp, path)
+    except OSError as e:
+        raise e if isinstance(e, CheckpointError) else CheckpointError(f"{path}: could not write ({e})") from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -100,5 +102,7 @@ def atomic_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        raise e if isinstance(e, CheckpointError) else CheckpointError(f"{path}: could not write ({e})") from e
     finally:
         tmp.unlink(missing_ok=True)

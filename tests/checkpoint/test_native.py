@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+
+import llamafn as lf
+from llamafn.config import ModelConfig
+from llamafn.errors import CheckpointError, ParamsError
+
+CFG = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=40, hidden_dim=48, max_seq_len=64,
+                  rope_theta=500000.0)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return lf.init_params(CFG, generator=torch.Generator().manual_seed(0), dtype=torch.bfloat16)
+
+
+def test_save_and_load_round_trip_with_dtype_and_device(tmp_path, params):
+    lf.save(tmp_path / "m", params, CFG)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.safetensors", "params.json"]
+    loaded, cfg = lf.load(tmp_path / "m")
+    assert cfg == CFG and all(torch.equal(loaded[k], params[k]) for k in params)
+    as_f32, _ = lf.load(tmp_path / "m", dtype=torch.float32)
+    assert as_f32["norm.weight"].dtype == torch.float32
+    on_meta, _ = lf.load(tmp_path / "m", device="meta")
+    assert on_meta["tok_embeddings.weight"].device.type == "meta"
+
+
+def test_save_refuses_to_overwrite_and_leaves_nothing_half_written(tmp_path, params, monkeypatch):
+    lf.save(tmp_path / "m", params, CFG)
+    with pytest.raises(CheckpointError, match="already exists"):
+        lf.save(tmp_path / "m", params, CFG)
+    bad = dict(params)
+    del bad["norm.weight"]
+    with pytest.raises(ParamsError, match="norm.weight"):
+        lf.save(tmp_path / "n", bad, CFG)
+
+    def disk_full(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("llamafn.checkpoint.native.save_file", disk_full)
+    with pytest.raises(CheckpointError, match="o: could not write .*No space left"):
+        lf.save(tmp_path / "o", params, CFG)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_corrupt_weights_and_a_contradicting_params_json_are_named(tmp_path, params):
+    lf.save(tmp_path / "m", params, CFG)
+    meta = json.loads((tmp_path / "m" / "params.json").read_text())
+    (tmp_path / "m" / "params.json").write_text(json.dumps(meta | {"hidden_dim": 64}))
+    with pytest.raises(CheckpointError, match=r"feed_forward.w1.weight: expected \(64, 32\), got \(48, 32\)"):
+        lf.load(tmp_path / "m")
+    (tmp_path / "m" / "params.json").write_text("{not json")
+    with pytest.raises(lf.LlamafnError, match="params.json: not a readable JSON file"):
+        lf.load(tmp_path / "m")
+    (tmp_path / "m" / "params.json").write_text(json.dumps(meta))
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors file"):
+        lf.load(tmp_path / "m")
+
+
+def test_unknown_folder_says_what_it_found(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(CheckpointError, match="not a known checkpoint.*found: notes.txt"):
+        lf.load(tmp_path)
+    with pytest.raises(CheckpointError, match="no such file"):
+        lf.load(tmp_path / "nope")

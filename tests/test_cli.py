@@ -1,0 +1,72 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import llamafn as lf
+from llamafn.cli import main
+from llamafn.config import ModelConfig
+from tests.conftest import shared_file
+
+
+def test_generate_reproduces_the_stories260k_golden_text(capsys, stories260k_golden):
+    model = shared_file("stories260K", "stories260K.bin")
+    _, text = stories260k_golden
+    assert main(["generate", "--model", str(model), "--temperature", "0", "--max-new-tokens", "200", ""]) == 0
+    assert capsys.readouterr().out == text + "\n"
+
+
+def test_generate_with_a_prompt_and_a_seed_is_repeatable(capsys):
+    model = shared_file("stories260K", "stories260K.bin")
+    args = ["generate", "--model", str(model), "--seed", "3", "--max-new-tokens", "30", "--top-k", "40",
+            "--attention", "reference", "Lily went"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first and first.startswith("Lily went ") and len(first) > 40
+
+
+def test_info_and_convert(tmp_path, capsys):
+    model = shared_file("stories260K", "stories260K.bin")
+    assert main(["info", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "llama2c" in out and "260,032" in out and "n_kv_heads      4" in out
+    assert main(["convert", str(model), str(tmp_path / "ours"), "--dtype", "bfloat16"]) == 0
+    assert (tmp_path / "ours" / "tokenizer.model").is_file()
+    params, cfg = lf.load(tmp_path / "ours")
+    assert params["norm.weight"].dtype == torch.bfloat16 and cfg.n_kv_heads == 4
+    assert main(["convert", str(model), str(tmp_path / "ours")]) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llamafn", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--top-p", "1.5"], "top_p must be in (0, 1], got 1.5"),
+    (["--temperature", "-1"], "temperature must be >= 0, got -1.0"),
+    (["--max-new-tokens", "600"], "over the model's context of 512 tokens"),
+    (["--tokenizer", "LLAMA2"], "has 32000 tokens but the model's vocabulary has 512"),
+])
+def test_bad_generate_input_prints_one_error_line_and_no_traceback(extra, message):
+    model = shared_file("stories260K", "stories260K.bin")
+    extra = [str(shared_file("llama2-tokenizer", "tokenizer.model")) if a == "LLAMA2" else a for a in extra]
+    result = run_cli("generate", "--model", str(model), *extra, "Once")
+    assert result.returncode == 1
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    assert message in result.stderr
+
+
+def test_a_missing_model_and_a_truncated_checkpoint(tmp_path):
+    result = run_cli("generate", "--model", str(tmp_path / "nope.bin"), "hi")
+    assert result.returncode == 1 and "nope.bin: no such file or folder" in result.stderr
+    cfg = ModelConfig(dim=16, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=8, hidden_dim=8)
+    lf.save(tmp_path / "m", lf.init_params(cfg), cfg)
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    result = run_cli("info", str(tmp_path / "m"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "safetensors" in result.stderr
+    result = run_cli("generate", "hello")
+    assert result.returncode == 1 and "no model given" in result.stderr

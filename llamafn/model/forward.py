@@ -19,14 +19,16 @@ def forward(params: Params, tokens: torch.Tensor, cache: KVCache | None = None, 
     """tokens (B, T) int64 -> logits (B, T, vocab) float32, and the cache advanced by T.
 
     Without a cache: a plain causal forward from position 0. With one: row b's tokens sit at positions
-    cache.lengths[b] .. + T - 1; the cache is donated (use the returned one). Token values are not
-    checked here (that would sync with the device); `generate` checks them.
+    cache.lengths[b] .. + T - 1; the cache is donated (use the returned one). Run eagerly, it checks
+    token ids and cache room (one host sync); under torch.compile those checks are left to the driver.
     """
     if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
         raise InputError(f"forward: tokens must be an integer tensor of shape (B, T), "
                          f"got {tuple(tokens.shape)} {tokens.dtype}")
     if cache is not None and cache.batch_size != tokens.shape[0]:
         raise InputError(f"forward: tokens have batch {tokens.shape[0]} but the cache has {cache.batch_size} rows")
+    if not torch.compiler.is_compiling():
+        check_values(tokens, cache, cfg)
     h = F.embedding(tokens, params["tok_embeddings.weight"])               # (B, T, dim)
     for i in range(cfg.n_layers):
         h, cache = block(layer_params(params, i), h, cache, i, cfg=cfg, backend=attention)
@@ -35,3 +37,18 @@ def forward(params: Params, tokens: torch.Tensor, cache: KVCache | None = None, 
     if cache is not None:
         cache = kv.advance(cache, tokens.shape[1])
     return logits, cache
+
+
+def check_values(tokens: torch.Tensor, cache: KVCache | None, cfg: ModelConfig) -> None:
+    """Raise InputError for a token id outside [0, vocab) or a row that would run past the cache."""
+    end = tokens.shape[1] + (cache.lengths if cache is not None else torch.zeros((), dtype=torch.long))
+    room = cache.max_seq_len if cache is not None else cfg.max_seq_len
+    bad_ids, overflow = (tokens < 0) | (tokens >= cfg.vocab_size), end > room
+    if not bool(bad_ids.any() | overflow.any()):
+        return
+    if bool(bad_ids.any()):
+        b, t = (int(i) for i in bad_ids.nonzero()[0])
+        raise InputError(f"forward: token id {int(tokens[b, t])} at row {b}, position {t} is outside [0, {cfg.vocab_size})")
+    where = "the cache" if cache is not None else "the model's context"
+    raise InputError(f"forward: {tokens.shape[1]} tokens would fill positions up to {int(end.max())}, "
+                     f"past the {room} of {where}")

@@ -72,3 +72,17 @@ def test_forward_rejects_bad_shapes():
         forward(params, torch.zeros(3, dtype=torch.long), cfg=cfg)
     with pytest.raises(InputError, match="cache has 2 rows"):
         forward(params, torch.zeros(1, 2, dtype=torch.long), init_cache(cfg, 2, 8, dtype=torch.float64), cfg=cfg)
+
+
+def test_forward_rejects_bad_token_ids_and_overflowing_the_cache():
+    from llamafn.config import ModelConfig
+    cfg = ModelConfig(dim=16, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=10, hidden_dim=8, max_seq_len=8)
+    params = model(cfg, 0)
+    with pytest.raises(InputError, match=r"token id 10 at row 0, position 1 is outside \[0, 10\)"):
+        forward(params, torch.tensor([[1, 10]]), cfg=cfg)
+    with pytest.raises(InputError, match="past the 8 of the model's context"):
+        forward(params, torch.zeros(1, 9, dtype=torch.long), cfg=cfg)
+    cache = init_cache(cfg, 1, 4, dtype=torch.float64)
+    _, cache = forward(params, torch.zeros(1, 3, dtype=torch.long), cache, cfg=cfg)
+    with pytest.raises(InputError, match="up to 5, past the 4 of the cache"):
+        forward(params, torch.zeros(1, 2, dtype=torch.long), cache, cfg=cfg)

@@ -14,6 +14,11 @@ Keys (weights are `nn.Linear` layout, (out_features, in_features)):
     layers.{i}.feed_forward.w3.weight        (hidden, dim)   up
     norm.weight                              (dim,)
     output.weight                            (vocab, dim)    absent when embeddings are tied
+
+`fuse` is a pure transform to the decode-time layout, which the layers pick by the keys present:
+    layers.{i}.attention.wqkv.weight         ((n_heads + 2 * n_kv_heads) * head_dim, dim)   wq; wk; wv
+    layers.{i}.feed_forward.w13.weight       (2 * hidden, dim)                              w1; w3
+one matrix product instead of three (two), each reading the activations once.
 """
 
 from __future__ import annotations
@@ -32,28 +37,29 @@ LAYER_KEYS = (
     "attention.wq.weight",
     "attention.wk.weight",
     "attention.wv.weight",
+    "attention.wqkv.weight",
     "attention.wo.weight",
     "ffn_norm.weight",
     "feed_forward.w1.weight",
-    "feed_forward.w2.weight",
     "feed_forward.w3.weight",
+    "feed_forward.w13.weight",
+    "feed_forward.w2.weight",
 )
 
 
-def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every key of a model with config `cfg` and its shape, in checkpoint order."""
+def param_shapes(cfg: ModelConfig, fused: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every key of a model with config `cfg` and its shape, in checkpoint order (or `fuse`'s layout)."""
     d, hd, hid = cfg.dim, cfg.head_dim, cfg.hidden_dim
-    layer = {
-        "attention_norm.weight": (d,),
-        "attention.wq.weight": (cfg.n_heads * hd, d),
-        "attention.wk.weight": (cfg.n_kv_heads * hd, d),
-        "attention.wv.weight": (cfg.n_kv_heads * hd, d),
-        "attention.wo.weight": (d, cfg.n_heads * hd),
-        "ffn_norm.weight": (d,),
-        "feed_forward.w1.weight": (hid, d),
-        "feed_forward.w2.weight": (d, hid),
-        "feed_forward.w3.weight": (hid, d),
-    }
+    if fused:
+        attn = {"attention.wqkv.weight": ((cfg.n_heads + 2 * cfg.n_kv_heads) * hd, d)}
+        ffn = {"feed_forward.w13.weight": (2 * hid, d), "feed_forward.w2.weight": (d, hid)}
+    else:
+        attn = {"attention.wq.weight": (cfg.n_heads * hd, d), "attention.wk.weight": (cfg.n_kv_heads * hd, d),
+                "attention.wv.weight": (cfg.n_kv_heads * hd, d)}
+        ffn = {"feed_forward.w1.weight": (hid, d), "feed_forward.w2.weight": (d, hid),
+               "feed_forward.w3.weight": (hid, d)}
+    layer = {"attention_norm.weight": (d,), **attn, "attention.wo.weight": (d, cfg.n_heads * hd),
+             "ffn_norm.weight": (d,), **ffn}
     shapes = {"tok_embeddings.weight": (cfg.vocab_size, d)}
     for i in range(cfg.n_layers):
         shapes.update({f"layers.{i}.{k}": s for k, s in layer.items()})
@@ -90,9 +96,14 @@ def init_params(cfg: ModelConfig, *, generator: torch.Generator | None = None,
     return params
 
 
+def is_fused(params: Params) -> bool:
+    return any(k.endswith(".wqkv.weight") for k in params)
+
+
 def check_params(params: Params, cfg: ModelConfig) -> None:
-    """Raise ParamsError naming every missing, unexpected or misshapen key (all of them, not the first)."""
-    expected = param_shapes(cfg)
+    """Raise ParamsError naming every missing, unexpected or misshapen key (all of them, not the first).
+    Both layouts are accepted: Meta's, and `fuse`'s (recognised by its wqkv keys)."""
+    expected = param_shapes(cfg, fused=is_fused(params))
     missing = [k for k in expected if k not in params]
     unexpected = [k for k in params if k not in expected]
     misshapen = [f"{k}: expected {expected[k]}, got {tuple(params[k].shape)}"
@@ -110,7 +121,42 @@ def check_params(params: Params, cfg: ModelConfig) -> None:
 
 def layer_params(params: Params, i: int) -> Params:
     """The slice of layer `i`, keys without the `layers.{i}.` prefix."""
-    return {k: params[f"layers.{i}.{k}"] for k in LAYER_KEYS}
+    prefix = f"layers.{i}."
+    return {k: params[prefix + k] for k in LAYER_KEYS if prefix + k in params}
+
+
+def fuse(params: Params) -> Params:
+    """A new dict with each layer's wq, wk, wv stacked into wqkv and w1, w3 into w13 (see the module doc)."""
+    out: Params = {}
+    for key, value in params.items():
+        if key.endswith(("attention.wk.weight", "attention.wv.weight", "feed_forward.w3.weight")):
+            continue
+        if key.endswith("attention.wq.weight"):
+            base = key[: -len("wq.weight")]
+            out[base + "wqkv.weight"] = torch.cat([value, params[base + "wk.weight"], params[base + "wv.weight"]])
+        elif key.endswith("feed_forward.w1.weight"):
+            base = key[: -len("w1.weight")]
+            out[base + "w13.weight"] = torch.cat([value, params[base + "w3.weight"]])
+        else:
+            out[key] = value
+    return out
+
+
+def unfuse(params: Params, cfg: ModelConfig) -> Params:
+    """The inverse of `fuse`: Meta's layout again (views into the fused tensors)."""
+    hd = cfg.head_dim
+    out: Params = {}
+    for key, value in params.items():
+        if key.endswith("attention.wqkv.weight"):
+            base = key[: -len("wqkv.weight")]
+            q, k, v = value.split([cfg.n_heads * hd, cfg.n_kv_heads * hd, cfg.n_kv_heads * hd])
+            out.update({base + "wq.weight": q, base + "wk.weight": k, base + "wv.weight": v})
+        elif key.endswith("feed_forward.w13.weight"):
+            base = key[: -len("w13.weight")]
+            out[base + "w1.weight"], out[base + "w3.weight"] = value.chunk(2)
+        else:
+            out[key] = value
+    return out
 
 
 def output_weight(params: Params) -> torch.Tensor:

@@ -124,6 +124,14 @@ def draw_noise(shape: tuple[int, ...], generator: torch.Generator | None, device
     return noise.clamp_min_(torch.finfo(noise.dtype).tiny).to(device)
 
 
+def greedy(logits: torch.Tensor, sp: SamplingParams, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """The argmax of the (repetition-penalised) logits (B, V) -> (B,): what `sample` gives at temperature 0,
+    without the sorts the warpers need."""
+    if seen is not None:
+        logits = apply_repetition_penalty(logits.float(), seen, sp.repetition_penalty)
+    return logits.argmax(dim=-1)
+
+
 def sample(logits: torch.Tensor, sp: SamplingParams, noise: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
     """logits (B, V), noise (B, V) Exp(1) -> tokens (B,) int64. Rows with temperature 0 take the
     argmax of the (penalised) logits; the others race: argmax softmax(processed) / noise."""

@@ -43,3 +43,18 @@ def test_shapes_follow_gqa():
     shapes = param_shapes(preset("llama-3-8b"))
     assert shapes["layers.0.attention.wk.weight"] == (1024, 4096)
     assert shapes["layers.31.feed_forward.w1.weight"] == (14336, 4096)
+
+
+@given(configs(), seeds())
+def test_fused_params_give_the_same_logits_and_unfuse_back(cfg, seed):
+    import llamafn as lf
+    from llamafn.params import fuse, unfuse
+
+    params = init_params(cfg, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    fused = fuse(params)
+    check_params(fused, cfg)
+    assert not any(k.endswith(("wq.weight", "w1.weight")) for k in fused)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 7), generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(lf.forward(fused, tokens, cfg=cfg)[0], lf.forward(params, tokens, cfg=cfg)[0])
+    back = unfuse(fused, cfg)
+    assert back.keys() == params.keys() and all(torch.equal(back[k], params[k]) for k in params)

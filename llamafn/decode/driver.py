@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from ..cache import init_cache
+from ..compile import bucket, compiled, mark_static, round_up
 from ..config import ModelConfig
 from ..errors import InputError
 from ..params import Params
@@ -44,11 +45,16 @@ def check_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, max_new_to
 def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128, *,
            temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
            stop_tokens: Sequence[int] = (), generator: torch.Generator | None = None,
-           attention: str = "sdpa", sync_every: int = 8) -> Iterator[list[list[int]]]:
+           attention: str = "sdpa", sync_every: int = 8, compile: bool = False,
+           cache_len: int | None = None) -> Iterator[list[list[int]]]:
     """Yield, every `sync_every` steps, the new tokens of each row (a list per row, possibly empty).
 
     Sampling settings are scalars or one value per row (see llamafn.sampling). A row stops after its
     first stop token, which is not yielded. `generator` seeds the sampling noise.
+
+    `compile=True` runs the compiled prefill (prompts padded to a length bucket) and the compiled
+    decode step (CUDA graphs on a GPU) from llamafn.compile; `cache_len` fixes the cache length, so
+    calls with different prompt lengths share one decode graph (default: rounded up to 256).
     """
     check_prompts(prompts, cfg, max_new_tokens)
     if sync_every < 1:
@@ -57,19 +63,27 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
     device, B = emb.device, len(prompts)
     sp = sampling_params(B, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                          repetition_penalty=repetition_penalty, device=device)
-    greedy = bool((sp.temperature == 0).all())
+    all_greedy = bool((sp.temperature == 0).all())
     stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
     lengths = [len(p) for p in prompts]
-    T = max(lengths)
+    T = bucket(max(lengths)) if compile else max(lengths)
+    needed = max(T, max(lengths) + max_new_tokens)
+    cache_len = cache_len or (round_up(needed, 256) if compile else needed)
+    if cache_len < needed:
+        raise InputError(f"cache_len {cache_len} is too short for {needed} positions (prompt + max_new_tokens)")
     tokens = torch.tensor([list(p) + [p[-1]] * (T - len(p)) for p in prompts], dtype=torch.long, device=device)
-    cache = init_cache(cfg, B, T + max_new_tokens, dtype=emb.dtype, device=device)
+    cache = init_cache(cfg, B, cache_len, dtype=emb.dtype, device=device)
     ones = torch.ones(B, cfg.vocab_size, device=device)
+    prefill, step = sample.prefill, sample.step
+    if compile:
+        mark_static([*params.values(), cache.k, cache.v])
+        prefill, step = compiled(sample.prefill), compiled(sample.step, mode="reduce-overhead")
 
     def noise() -> torch.Tensor:
-        return ones if greedy else draw_noise((B, cfg.vocab_size), generator, device)
+        return ones if all_greedy else draw_noise((B, cfg.vocab_size), generator, device)
 
-    tok, state = sample.prefill(params, tokens, torch.tensor(lengths, device=device), cache, sp, noise(), stops,
-                                cfg=cfg, attention=attention)
+    tok, state = prefill(params, tokens, torch.tensor(lengths, device=device), cache, sp, noise(), stops,
+                         cfg=cfg, attention=attention, all_greedy=all_greedy)
     stop_set, pending, done = set(stop_tokens), [tok], [False] * B
     for n in range(1, max_new_tokens + 1):
         if len(pending) == sync_every or n == max_new_tokens:
@@ -87,22 +101,25 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
             yield out
             if all(done) or n == max_new_tokens:
                 return
-        tok, state = sample.step(params, state, sp, noise(), stops, cfg=cfg, attention=attention)
-        pending.append(tok)
+        if compile:
+            torch.compiler.cudagraph_mark_step_begin()
+        tok, state = step(params, state, sp, noise(), stops, cfg=cfg, attention=attention, all_greedy=all_greedy)
+        pending.append(tok.clone() if compile else tok)   # a CUDA graph's output is overwritten by its next replay
 
 
 def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128, *,
              temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
              stop_tokens: Sequence[int] = (), generator: torch.Generator | None = None,
              on_token: Callable[[int, int], None] | None = None, attention: str = "sdpa",
-             sync_every: int = 8) -> list[list[int]]:
+             sync_every: int = 8, compile: bool = False, cache_len: int | None = None) -> list[list[int]]:
     """Generate up to `max_new_tokens` for each prompt (token-id lists, ragged); return the new tokens
     of each row, without the stop token. Greedy at temperature 0 (the default). `on_token(row, id)` is
     called for every token as it reaches the host. See `stream` for the arguments."""
     results: list[list[int]] = [[] for _ in prompts]
     for chunk in stream(params, cfg, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         min_p=min_p, repetition_penalty=repetition_penalty, stop_tokens=stop_tokens,
-                        generator=generator, attention=attention, sync_every=sync_every):
+                        generator=generator, attention=attention, sync_every=sync_every, compile=compile,
+                        cache_len=cache_len):
         for row, toks in enumerate(chunk):
             results[row].extend(toks)
             if on_token is not None:

@@ -14,9 +14,9 @@ import torch
 from .. import cache as kv
 from ..cache import KVCache
 from ..config import ModelConfig
-from ..model import forward
+from ..model import forward, lm_head, transformer
 from ..params import Params
-from ..sampling import SamplingParams, sample
+from ..sampling import SamplingParams, greedy, sample
 
 
 class SampleState(NamedTuple):
@@ -27,9 +27,9 @@ class SampleState(NamedTuple):
 
 
 def _emit(logits: torch.Tensor, state: SampleState, sp: SamplingParams, noise: torch.Tensor,
-          stop_tokens: torch.Tensor) -> tuple[torch.Tensor, SampleState]:
+          stop_tokens: torch.Tensor, all_greedy: bool) -> tuple[torch.Tensor, SampleState]:
     """Pick the next token of every row from logits (B, V) and fold it into the state."""
-    token = sample(logits, sp, noise, state.seen)                          # (B,)
+    token = greedy(logits, sp, state.seen) if all_greedy else sample(logits, sp, noise, state.seen)  # (B,)
     token = torch.where(state.finished, state.last, token)                # finished rows repeat themselves
     finished = state.finished | torch.isin(token, stop_tokens)
     seen = state.seen.scatter(1, token[:, None], True)
@@ -38,26 +38,27 @@ def _emit(logits: torch.Tensor, state: SampleState, sp: SamplingParams, noise: t
 
 def prefill(params: Params, prompts: torch.Tensor, prompt_lengths: torch.Tensor, cache: KVCache,
             sp: SamplingParams, noise: torch.Tensor, stop_tokens: torch.Tensor, *, cfg: ModelConfig,
-            attention: str = "sdpa") -> tuple[torch.Tensor, SampleState]:
+            attention: str = "sdpa", all_greedy: bool = False) -> tuple[torch.Tensor, SampleState]:
     """prompts (B, T) right-padded, prompt_lengths (B,) >= 1 -> first new tokens (B,), state.
 
     The padding is written to the cache too, then dropped by truncating each row to its own length.
+    `all_greedy` (a compile-time constant) skips the sampling warpers when every row is at temperature 0.
     """
     B, T = prompts.shape
     start = cache.lengths
-    logits, cache = forward(params, prompts, cache, cfg=cfg, attention=attention)  # (B, T, V)
+    h, cache = transformer(params, prompts, cache, cfg=cfg, attention=attention)  # (B, T, dim)
     cache = kv.truncate(cache, start + prompt_lengths)
-    last_logits = logits[torch.arange(B, device=prompts.device), prompt_lengths - 1]  # (B, V)
+    last_logits = lm_head(params, h[torch.arange(B, device=prompts.device), prompt_lengths - 1])  # (B, V)
     valid = torch.arange(T, device=prompts.device)[None, :] < prompt_lengths[:, None]  # (B, T)
     seen = torch.zeros(B, cfg.vocab_size, dtype=torch.bool, device=prompts.device)
     seen = seen.scatter(1, torch.where(valid, prompts, prompts[:, :1]), True)
     state = SampleState(cache=cache, last=prompts[:, 0], seen=seen,
                         finished=torch.zeros(B, dtype=torch.bool, device=prompts.device))
-    return _emit(last_logits, state, sp, noise, stop_tokens)
+    return _emit(last_logits, state, sp, noise, stop_tokens, all_greedy)
 
 
 def step(params: Params, state: SampleState, sp: SamplingParams, noise: torch.Tensor, stop_tokens: torch.Tensor,
-         *, cfg: ModelConfig, attention: str = "sdpa") -> tuple[torch.Tensor, SampleState]:
+         *, cfg: ModelConfig, attention: str = "sdpa", all_greedy: bool = False) -> tuple[torch.Tensor, SampleState]:
     """One token per row: feed state.last, return the next tokens (B,) and the new state."""
     logits, cache = forward(params, state.last[:, None], state.cache, cfg=cfg, attention=attention)
-    return _emit(logits[:, -1], state._replace(cache=cache), sp, noise, stop_tokens)
+    return _emit(logits[:, -1], state._replace(cache=cache), sp, noise, stop_tokens, all_greedy)

@@ -52,7 +52,8 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: tor
 
 def attention(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None, layer: int, *,
               cfg: ModelConfig, backend: str = "sdpa") -> tuple[torch.Tensor, KVCache | None]:
-    """p: `wq.weight wk.weight wv.weight wo.weight`; x (B, T, dim) -> (y (B, T, dim), cache).
+    """p: `wq.weight wk.weight wv.weight` (or fused `wqkv.weight`) and `wo.weight`; x (B, T, dim) ->
+    (y (B, T, dim), cache).
 
     Positions come from `cache.lengths` (0..T-1 without a cache). With a cache, this layer's new keys
     and values are written in place (the cache is donated, see llamafn.cache) and attention runs over
@@ -62,9 +63,13 @@ def attention(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None
     H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     pos = kv.positions(cache, B, T, x.device)                             # (B, T)
     cos, sin = rope_angles(pos, cfg)                                      # (B, T, D/2) each
-    q = apply_rope(F.linear(x, p["wq.weight"]).view(B, T, H, D), cos, sin)    # (B, T, H, D)
-    k = apply_rope(F.linear(x, p["wk.weight"]).view(B, T, Hkv, D), cos, sin)  # (B, T, Hkv, D)
-    v = F.linear(x, p["wv.weight"]).view(B, T, Hkv, D)                    # (B, T, Hkv, D)
+    if "wqkv.weight" in p:
+        q, k, v = F.linear(x, p["wqkv.weight"]).split([H * D, Hkv * D, Hkv * D], dim=-1)
+    else:
+        q, k, v = F.linear(x, p["wq.weight"]), F.linear(x, p["wk.weight"]), F.linear(x, p["wv.weight"])
+    q = apply_rope(q.view(B, T, H, D), cos, sin)                          # (B, T, H, D)
+    k = apply_rope(k.view(B, T, Hkv, D), cos, sin)                        # (B, T, Hkv, D)
+    v = v.view(B, T, Hkv, D)                                              # (B, T, Hkv, D)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)     # (B, heads, T, D)
     attend = get("attention", backend)
     if cache is None:

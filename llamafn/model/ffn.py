@@ -6,7 +6,10 @@ import torch.nn.functional as F
 
 
 def feed_forward(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """p: `w1.weight` (hidden, dim), `w2.weight` (dim, hidden), `w3.weight` (hidden, dim); x (..., dim)."""
-    gate = F.linear(x, p["w1.weight"])   # (..., hidden)
-    up = F.linear(x, p["w3.weight"])     # (..., hidden)
+    """p: `w1.weight` (hidden, dim), `w3.weight` (hidden, dim) or fused `w13.weight` (2*hidden, dim),
+    and `w2.weight` (dim, hidden); x (..., dim)."""
+    if "w13.weight" in p:
+        gate, up = F.linear(x, p["w13.weight"]).chunk(2, dim=-1)   # (..., hidden) each
+    else:
+        gate, up = F.linear(x, p["w1.weight"]), F.linear(x, p["w3.weight"])
     return F.linear(F.silu(gate) * up, p["w2.weight"])

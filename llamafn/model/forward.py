@@ -22,6 +22,14 @@ def forward(params: Params, tokens: torch.Tensor, cache: KVCache | None = None, 
     cache.lengths[b] .. + T - 1; the cache is donated (use the returned one). Run eagerly, it checks
     token ids and cache room (one host sync); under torch.compile those checks are left to the driver.
     """
+    h, cache = transformer(params, tokens, cache, cfg=cfg, attention=attention)
+    return lm_head(params, h), cache
+
+
+def transformer(params: Params, tokens: torch.Tensor, cache: KVCache | None = None, *, cfg: ModelConfig,
+                attention: str = "sdpa") -> tuple[torch.Tensor, KVCache | None]:
+    """Everything but the output head: tokens (B, T) -> final normed hidden states (B, T, dim), cache.
+    Prefill uses it to apply the head only where a token is sampled."""
     if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
         raise InputError(f"forward: tokens must be an integer tensor of shape (B, T), "
                          f"got {tuple(tokens.shape)} {tokens.dtype}")
@@ -32,11 +40,14 @@ def forward(params: Params, tokens: torch.Tensor, cache: KVCache | None = None, 
     h = F.embedding(tokens, params["tok_embeddings.weight"])               # (B, T, dim)
     for i in range(cfg.n_layers):
         h, cache = block(layer_params(params, i), h, cache, i, cfg=cfg, backend=attention)
-    h = rms_norm(h, params["norm.weight"], cfg.norm_eps)
-    logits = F.linear(h, output_weight(params)).float()                    # (B, T, vocab)
     if cache is not None:
         cache = kv.advance(cache, tokens.shape[1])
-    return logits, cache
+    return rms_norm(h, params["norm.weight"], cfg.norm_eps), cache
+
+
+def lm_head(params: Params, h: torch.Tensor) -> torch.Tensor:
+    """h (..., dim) -> logits (..., vocab) float32."""
+    return F.linear(h, output_weight(params)).float()
 
 
 def check_values(tokens: torch.Tensor, cache: KVCache | None, cfg: ModelConfig) -> None:

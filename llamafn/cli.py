@@ -108,6 +108,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import decode
+
+    return decode.main(args.args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llamafn", description="LLaMA inference, functional style.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -140,6 +146,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--shards", type=int, default=1, help="model-parallel shards for --format meta")
     c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     c.set_defaults(run=cmd_convert)
+
+    b = sub.add_parser("bench", help="GPU benchmarks: `llamafn bench decode --help`")
+    b.add_argument("name", choices=("decode",))
+    b.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
+    b.set_defaults(run=cmd_bench)
     return p
 
 

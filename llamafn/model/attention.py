@@ -1,10 +1,14 @@
 """Causal multi-head attention with grouped-query key/value heads (GQA, Ainslie et al. 2023; MQA when
 n_kv_heads == 1), RoPE on q and k, and the KV cache.
 
-Two backends behind the kernel registry, chosen by name:
+Backends behind the kernel registry, chosen by name:
 - "reference": the naive eager formula, softmax(q kᵀ / sqrt(d)) v with the (T, S) score matrix
   materialised and K/V repeated per query head, as Meta's reference model.py does. The baseline.
 - "sdpa": torch.nn.functional.scaled_dot_product_attention (flash/efficient kernels where they apply).
+- "grouped": the same formula as the reference in plain tensor ops, but with the query heads of one
+  KV group folded into the query axis, (B, H, T, D) -> (B, Hkv, n_rep*T, D), so K and V are read once
+  and never repeated; inductor fuses the mask and softmax around two batched products.
+With a cache, "sdpa" folds the groups the same way (a masked SDPA call cannot share K/V across heads).
 A backend takes q (B, H, T, D), k and v (B, Hkv, S, D) and the query positions (B, T) (None: plain
 causal, S == T) and returns (B, H, T, D). Key s sits at position s; a query at position p sees keys <= p.
 """
@@ -42,12 +46,33 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos
     return probs @ v                                                # (B, H, T, D)
 
 
+def fold_groups(q: torch.Tensor, n_kv_heads: int) -> torch.Tensor:
+    """(B, H, T, D) -> (B, Hkv, n_rep*T, D): query head h = j*n_rep + i uses KV head j (Meta's repeat_kv)."""
+    B, H, T, D = q.shape
+    return q.reshape(B, n_kv_heads, (H // n_kv_heads) * T, D)
+
+
 @register("attention", "sdpa")
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None) -> torch.Tensor:
-    gqa = q.shape[1] != k.shape[1]
+    B, H, T, D = q.shape
     if q_pos is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(q_pos, k.shape[2]), enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != k.shape[1])
+    mask = causal_mask(q_pos, k.shape[2]).repeat(1, 1, H // k.shape[1], 1)        # (B, 1, n_rep*T, S)
+    out = F.scaled_dot_product_attention(fold_groups(q, k.shape[1]), k, v, attn_mask=mask)
+    return out.reshape(B, H, T, D)
+
+
+@register("attention", "grouped")
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None) -> torch.Tensor:
+    B, H, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    if q_pos is None:
+        q_pos = torch.arange(T, device=q.device)[None]
+    scores = (fold_groups(q, Hkv) @ k.transpose(-2, -1)) / math.sqrt(D)          # (B, Hkv, n_rep*T, S)
+    scores = scores.view(B, Hkv, H // Hkv, T, S)
+    scores = scores.masked_fill(~causal_mask(q_pos, S)[:, :, None], float("-inf"))
+    probs = F.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).type_as(q)
+    return (probs.view(B, Hkv, -1, S) @ v).view(B, H, T, D)                      # (B, H, T, D)
 
 
 def attention(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None, layer: int, *,

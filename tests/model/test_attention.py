@@ -22,20 +22,25 @@ def qkv(draw):
     return q, k, v
 
 
-def test_both_backends_are_registered():
-    assert {"reference", "sdpa"} <= set(backends("attention"))
+BACKENDS = st.sampled_from(["reference", "sdpa", "grouped"])
 
 
-@given(qkv())
-def test_sdpa_backend_equals_the_reference(t):
+def test_the_backends_are_registered():
+    assert {"reference", "sdpa", "grouped"} <= set(backends("attention"))
+
+
+@given(qkv(), st.sampled_from(["sdpa", "grouped"]), st.integers(0, 5))
+def test_every_backend_equals_the_reference(t, backend, offset):
+    """Plain causal, and with query positions offset into a longer key sequence (a cached prefix)."""
     q, k, v = t
-    ref, sdpa = get("attention", "reference"), get("attention", "sdpa")
-    torch.testing.assert_close(sdpa(q, k, v, None), ref(q, k, v, None))
-    pos = torch.arange(q.shape[2]).expand(q.shape[0], -1)
-    torch.testing.assert_close(sdpa(q, k, v, pos), ref(q, k, v, None))
+    ref, fast = get("attention", "reference"), get("attention", backend)
+    torch.testing.assert_close(fast(q, k, v, None), ref(q, k, v, None))
+    B, T, S = q.shape[0], q.shape[2], k.shape[2]
+    pos = (torch.arange(T) + offset).clamp(max=S - 1).expand(B, -1)
+    torch.testing.assert_close(fast(q, k, v, pos), ref(q, k, v, pos))
 
 
-@given(qkv(), st.sampled_from(["reference", "sdpa"]))
+@given(qkv(), BACKENDS)
 def test_gqa_equals_mha_with_repeated_kv_heads(t, backend):
     q, k, v = t
     n_rep = q.shape[1] // k.shape[1]
@@ -44,7 +49,7 @@ def test_gqa_equals_mha_with_repeated_kv_heads(t, backend):
     torch.testing.assert_close(attend(q, k, v, None), mha)
 
 
-@given(qkv(), st.sampled_from(["reference", "sdpa"]), st.integers(0, 8))
+@given(qkv(), BACKENDS, st.integers(0, 8))
 def test_future_keys_never_change_a_query(t, backend, cut):
     """Causality: replacing keys/values after position `cut` leaves outputs at positions <= cut alone."""
     q, k, v = t
@@ -55,7 +60,7 @@ def test_future_keys_never_change_a_query(t, backend, cut):
     torch.testing.assert_close(attend(q, k2, v2, None)[:, :, :cut + 1], attend(q, k, v, None)[:, :, :cut + 1])
 
 
-@given(configs(max_layers=1), seeds(), st.integers(1, 6), st.integers(1, 6), st.sampled_from(["reference", "sdpa"]))
+@given(configs(max_layers=1), seeds(), st.integers(1, 6), st.integers(1, 6), BACKENDS)
 def test_attention_with_a_cache_equals_attention_without(cfg, seed, t1, t2, backend):
     """Two chunks through the cache give what one pass over the concatenation gives."""
     params = init_params(cfg, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

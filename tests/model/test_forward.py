@@ -7,7 +7,7 @@ from llamafn import forward, init_cache, init_params
 from llamafn.errors import InputError
 from tests.strategies import configs, random_tokens, seeds
 
-BACKENDS = st.sampled_from(["reference", "sdpa"])
+BACKENDS = st.sampled_from(["reference", "sdpa", "grouped"])
 
 
 def model(cfg, seed, dtype=torch.float64):

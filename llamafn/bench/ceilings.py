@@ -1,0 +1,60 @@
+"""Hardware ceilings measured in the same run as every benchmark: device-to-device copy bandwidth
+(bytes read + bytes written) and bf16 matrix-product throughput; and the timing helpers."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Callable
+
+import torch
+
+
+def card_name() -> str:
+    """A file-name slug of the GPU, e.g. 'nvidia-h100-80gb-hbm3'."""
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+
+
+def cuda_time(fn: Callable[[], object], repeat: int = 1) -> float:
+    """Seconds per call of fn, timed with CUDA events around `repeat` calls (after a sync)."""
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeat):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / repeat
+
+
+def wall_time(fn: Callable[[], object]) -> tuple[object, float]:
+    """(fn(), seconds) with the device synchronised on both sides (for work that syncs with the host)."""
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, time.perf_counter() - t
+
+
+def copy_bandwidth(n_bytes: int = 2 << 30) -> float:
+    """GB/s of a large device-to-device copy, counting bytes read plus bytes written (median of 3)."""
+    src = torch.randn(n_bytes // 2, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = sorted(cuda_time(lambda: dst.copy_(src), repeat=10) for _ in range(3))
+    return 2 * n_bytes / times[1] / 1e9
+
+
+def matmul_tflops(n: int = 8192) -> float:
+    """TFLOP/s of an n x n x n bf16 matrix product on random data (median of 3)."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = sorted(cuda_time(lambda: a @ b, repeat=10) for _ in range(3))
+    return 2 * n**3 / times[1] / 1e12
+
+
+def measure() -> dict[str, float | str]:
+    return {"card": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "copy_GBps": round(copy_bandwidth(), 1), "matmul_bf16_TFLOPs": round(matmul_tflops(), 1)}

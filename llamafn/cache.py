@@ -1,11 +1,14 @@
 """The dense KV cache: an explicit value that a forward step writes into and returns.
 
-Layout: one stacked tensor for keys and one for values, (n_layers, B, n_kv_heads, max_seq, head_dim),
-plus `lengths` (B,), how many positions of each row are valid. One stacked tensor (rather than
-per-layer tuples) makes the row operations beam search and speculative decoding need one op each
-(`reorder` is a single index_select over the batch axis, `truncate` only rewrites `lengths`), keeps
-the cache a flat pytree of three tensors that torch.compile sees with static shapes, and `k[layer]`
-is a free view.
+Layout: per-layer tuples of key and value tensors, each (B, n_kv_heads, max_seq, head_dim), plus
+`lengths` (B,), how many positions of each row are valid. Per-layer tensors rather than one stacked
+(n_layers, ...) tensor, because the step writes each layer's new keys in place: into a whole tensor
+that is a graph input, inductor turns the write into an in-place index_put; into `stacked[layer]`, a
+view, functionalisation materialises a copy of the layer's cache and copies it back every step
+(measured: 180 tok/s instead of the expected ~290 at 7B shapes on an H200, and worse at long
+context). Row operations stay one op per layer (`reorder`), and `truncate` only rewrites `lengths`.
+The helpers build new caches with the constructor, not `_replace`: torch 2.11's dynamo cannot
+return a NamedTuple that `_replace` made from one created inside the compiled frame.
 
 Rows are independent: row b's next token goes to position `lengths[b]`, so ragged batches need no
 padding mask beyond causality (a query at position p sees keys at positions <= p; whatever a padded
@@ -27,17 +30,9 @@ from .errors import InputError
 
 
 class KVCache(NamedTuple):
-    k: torch.Tensor        # (n_layers, B, n_kv_heads, max_seq, head_dim)
-    v: torch.Tensor        # (n_layers, B, n_kv_heads, max_seq, head_dim)
-    lengths: torch.Tensor  # (B,) int64: valid positions per row
-
-    @property
-    def batch_size(self) -> int:
-        return self.k.shape[1]
-
-    @property
-    def max_seq_len(self) -> int:
-        return self.k.shape[3]
+    k: tuple[torch.Tensor, ...]  # n_layers x (B, n_kv_heads, max_seq, head_dim)
+    v: tuple[torch.Tensor, ...]  # n_layers x (B, n_kv_heads, max_seq, head_dim)
+    lengths: torch.Tensor        # (B,) int64: valid positions per row
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_seq_len: int | None = None, *,
@@ -50,12 +45,21 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_seq_len: int | None = None
     max_seq_len = cfg.max_seq_len if max_seq_len is None else max_seq_len
     if batch_size < 1 or max_seq_len < 1:
         raise InputError(f"init_cache: batch_size ({batch_size}) and max_seq_len ({max_seq_len}) must be >= 1")
-    shape = (cfg.n_layers, batch_size, cfg.n_kv_heads, max_seq_len, cfg.head_dim)
+    shape = (batch_size, cfg.n_kv_heads, max_seq_len, cfg.head_dim)
     return KVCache(
-        k=torch.zeros(shape, dtype=dtype, device=device),
-        v=torch.zeros(shape, dtype=dtype, device=device),
+        k=tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)),
+        v=tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)),
         lengths=torch.zeros(batch_size, dtype=torch.long, device=device),
     )
+
+
+def batch_size(cache: KVCache) -> int:
+    return cache.lengths.shape[0]
+
+
+def capacity(cache: KVCache) -> int:
+    """Positions each row can hold (max_seq)."""
+    return cache.k[0].shape[2]
 
 
 def positions(cache: KVCache | None, batch_size: int, n_tokens: int, device: torch.device) -> torch.Tensor:
@@ -68,15 +72,16 @@ def positions(cache: KVCache | None, batch_size: int, n_tokens: int, device: tor
 
 def write(cache: KVCache, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> KVCache:
     """Write k, v (B, Hkv, T, D) of `layer` at positions pos (B, T), in place. Lengths are unchanged."""
-    index = pos[:, None, :, None].expand_as(k)  # (B, Hkv, T, D)
-    cache.k[layer].scatter_(2, index, k.to(cache.k.dtype))
-    cache.v[layer].scatter_(2, index, v.to(cache.v.dtype))
+    rows = torch.arange(pos.shape[0], device=pos.device)[:, None]          # (B, 1)
+    k_layer, v_layer = cache.k[layer], cache.v[layer]
+    k_layer[rows, :, pos] = k.transpose(1, 2).to(k_layer.dtype)            # (B, T, Hkv, D) at [b, :, pos[b, t]]
+    v_layer[rows, :, pos] = v.transpose(1, 2).to(v_layer.dtype)
     return cache
 
 
 def advance(cache: KVCache, n_tokens: int) -> KVCache:
     """Every row's length grows by `n_tokens` (what a forward over T tokens does)."""
-    return cache._replace(lengths=cache.lengths + n_tokens)
+    return KVCache(k=cache.k, v=cache.v, lengths=cache.lengths + n_tokens)
 
 
 def truncate(cache: KVCache, lengths: torch.Tensor | int) -> KVCache:
@@ -84,7 +89,7 @@ def truncate(cache: KVCache, lengths: torch.Tensor | int) -> KVCache:
     tokens, or drop the padding a ragged prefill wrote. Stored values past the length are left as they
     are; causality keeps them unseen until they are overwritten."""
     new = torch.as_tensor(lengths, dtype=cache.lengths.dtype, device=cache.lengths.device)
-    return cache._replace(lengths=new.expand_as(cache.lengths).clone())
+    return KVCache(k=cache.k, v=cache.v, lengths=new.expand_as(cache.lengths).clone())
 
 
 def reset(cache: KVCache) -> KVCache:
@@ -94,5 +99,5 @@ def reset(cache: KVCache) -> KVCache:
 
 def reorder(cache: KVCache, index: torch.Tensor) -> KVCache:
     """Rows gathered by `index` (B',) (beam search keeps the surviving beams' histories); new tensors."""
-    return KVCache(k=cache.k.index_select(1, index), v=cache.v.index_select(1, index),
+    return KVCache(k=tuple(t.index_select(0, index) for t in cache.k), v=tuple(t.index_select(0, index) for t in cache.v),
                    lengths=cache.lengths.index_select(0, index))

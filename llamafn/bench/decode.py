@@ -64,7 +64,7 @@ def compiled_decode(params: Params, cfg: ModelConfig, batch: int, prompt_len: in
     lengths = torch.full((batch,), prompt_len, device=device)
     cache_len = round_up(max(T, prompt_len + new_tokens), 256)
     cache = kv.init_cache(cfg, batch, cache_len, dtype=torch.bfloat16, device=device)
-    mark_static([*params.values(), cache.k, cache.v])
+    mark_static([*params.values(), *cache.k, *cache.v])
     sp = sampling_params(batch, device=device)
     ones = torch.ones(batch, cfg.vocab_size, device=device)
     stops = torch.empty(0, dtype=torch.long, device=device)
@@ -78,7 +78,7 @@ def compiled_decode(params: Params, cfg: ModelConfig, batch: int, prompt_len: in
         _, state = run_prefill()
         for _ in range(n_steps):
             torch.compiler.cudagraph_mark_step_begin()
-            _, state = step(params, state, sp, ones, stops, **kw)
+            state = sample.own(step(params, state, sp, ones, stops, **kw)[1])
         return state
 
     torch.cuda.reset_peak_memory_stats()
@@ -91,7 +91,7 @@ def compiled_decode(params: Params, cfg: ModelConfig, batch: int, prompt_len: in
         nonlocal state
         for _ in range(new_tokens):
             torch.compiler.cudagraph_mark_step_begin()
-            _, state = step(params, state, sp, ones, stops, **kw)
+            state = sample.own(step(params, state, sp, ones, stops, **kw)[1])
 
     step_s = cuda_time(decode) / new_tokens
     bytes_needed = step_bytes(params, cfg, batch, prompt_len + new_tokens / 2)
@@ -170,7 +170,7 @@ def profile_step(params: Params, cfg: ModelConfig, attention: str) -> list[dict]
     """Top kernels of 20 compiled decode steps (batch 1): where a step's time goes."""
     device = params["norm.weight"].device
     cache = kv.init_cache(cfg, 1, 256, dtype=torch.bfloat16, device=device)
-    mark_static([cache.k, cache.v])
+    mark_static([*cache.k, *cache.v])
     sp, ones = sampling_params(1, device=device), torch.ones(1, cfg.vocab_size, device=device)
     stops = torch.empty(0, dtype=torch.long, device=device)
     prefill, step = compiled(sample.prefill), compiled(sample.step, mode="reduce-overhead")
@@ -179,11 +179,11 @@ def profile_step(params: Params, cfg: ModelConfig, attention: str) -> list[dict]
                        cache, sp, ones, stops, **kw)
     for _ in range(3):
         torch.compiler.cudagraph_mark_step_begin()
-        _, state = step(params, state, sp, ones, stops, **kw)
+        state = sample.own(step(params, state, sp, ones, stops, **kw)[1])
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(20):
             torch.compiler.cudagraph_mark_step_begin()
-            _, state = step(params, state, sp, ones, stops, **kw)
+            state = sample.own(step(params, state, sp, ones, stops, **kw)[1])
         torch.cuda.synchronize()
     rows = sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:15]
     return [{"kernel": e.key[:120], "us_per_step": round(e.device_time_total / 20, 1), "calls_per_step": e.count / 20}
@@ -237,11 +237,12 @@ def main(argv: list[str] | None = None) -> int:
                     entry["runs"].append(r)
                     log(f"{name} {r}")
                     save()
+                if args.profile and (batch, prompt_len) == (1, 5):   # reuses the graphs just compiled
+                    entry["profile_batch1"] = profile_step(params, cfg, backends[0])
+                    log(f"profile: {entry['profile_batch1'][:8]}")
+                    save()
         if "e2e" in baselines:
             entry["baselines"].append(generate_end_to_end(params, cfg, args.new_tokens))
-            save()
-        if args.profile:
-            entry["profile_batch1"] = profile_step(params, cfg, backends[0])
             save()
         del params
         torch.compiler.reset()

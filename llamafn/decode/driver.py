@@ -76,7 +76,7 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
     ones = torch.ones(B, cfg.vocab_size, device=device)
     prefill, step = sample.prefill, sample.step
     if compile:
-        mark_static([*params.values(), cache.k, cache.v])
+        mark_static([*params.values(), *cache.k, *cache.v])
         prefill, step = compiled(sample.prefill), compiled(sample.step, mode="reduce-overhead")
 
     def noise() -> torch.Tensor:
@@ -104,7 +104,9 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
         if compile:
             torch.compiler.cudagraph_mark_step_begin()
         tok, state = step(params, state, sp, noise(), stops, cfg=cfg, attention=attention, all_greedy=all_greedy)
-        pending.append(tok.clone() if compile else tok)   # a CUDA graph's output is overwritten by its next replay
+        if compile:
+            state = sample.own(state)
+        pending.append(state.last)
 
 
 def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128, *,

@@ -26,14 +26,14 @@ class SampleState(NamedTuple):
     finished: torch.Tensor  # (B,) bool: the row has emitted a stop token
 
 
-def _emit(logits: torch.Tensor, state: SampleState, sp: SamplingParams, noise: torch.Tensor,
+def _emit(logits: torch.Tensor, cache: KVCache, state: SampleState, sp: SamplingParams, noise: torch.Tensor,
           stop_tokens: torch.Tensor, all_greedy: bool) -> tuple[torch.Tensor, SampleState]:
-    """Pick the next token of every row from logits (B, V) and fold it into the state."""
+    """Pick the next token of every row from logits (B, V) and fold it and `cache` into a new state."""
     token = greedy(logits, sp, state.seen) if all_greedy else sample(logits, sp, noise, state.seen)  # (B,)
     token = torch.where(state.finished, state.last, token)                # finished rows repeat themselves
     finished = state.finished | torch.isin(token, stop_tokens)
     seen = state.seen.scatter(1, token[:, None], True)
-    return token, state._replace(last=token, seen=seen, finished=finished)
+    return token, SampleState(cache=cache, last=token, seen=seen, finished=finished)
 
 
 def prefill(params: Params, prompts: torch.Tensor, prompt_lengths: torch.Tensor, cache: KVCache,
@@ -54,11 +54,19 @@ def prefill(params: Params, prompts: torch.Tensor, prompt_lengths: torch.Tensor,
     seen = seen.scatter(1, torch.where(valid, prompts, prompts[:, :1]), True)
     state = SampleState(cache=cache, last=prompts[:, 0], seen=seen,
                         finished=torch.zeros(B, dtype=torch.bool, device=prompts.device))
-    return _emit(last_logits, state, sp, noise, stop_tokens, all_greedy)
+    return _emit(last_logits, cache, state, sp, noise, stop_tokens, all_greedy)
 
 
 def step(params: Params, state: SampleState, sp: SamplingParams, noise: torch.Tensor, stop_tokens: torch.Tensor,
          *, cfg: ModelConfig, attention: str = "sdpa", all_greedy: bool = False) -> tuple[torch.Tensor, SampleState]:
     """One token per row: feed state.last, return the next tokens (B,) and the new state."""
     logits, cache = forward(params, state.last[:, None], state.cache, cfg=cfg, attention=attention)
-    return _emit(logits[:, -1], state._replace(cache=cache), sp, noise, stop_tokens, all_greedy)
+    return _emit(logits[:, -1], cache, state, sp, noise, stop_tokens, all_greedy)
+
+
+def own(state: SampleState) -> SampleState:
+    """Copies of the per-step tensors of a state a CUDA-graph step returned (its outputs live in the
+    graph's memory pool and are overwritten by the next replay); the cache storage is static and kept."""
+    c = state.cache
+    return SampleState(cache=KVCache(k=c.k, v=c.v, lengths=c.lengths.clone()), last=state.last.clone(),
+                       seen=state.seen.clone(), finished=state.finished.clone())

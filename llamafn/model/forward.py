@@ -33,8 +33,8 @@ def transformer(params: Params, tokens: torch.Tensor, cache: KVCache | None = No
     if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
         raise InputError(f"forward: tokens must be an integer tensor of shape (B, T), "
                          f"got {tuple(tokens.shape)} {tokens.dtype}")
-    if cache is not None and cache.batch_size != tokens.shape[0]:
-        raise InputError(f"forward: tokens have batch {tokens.shape[0]} but the cache has {cache.batch_size} rows")
+    if cache is not None and kv.batch_size(cache) != tokens.shape[0]:
+        raise InputError(f"forward: tokens have batch {tokens.shape[0]} but the cache has {kv.batch_size(cache)} rows")
     if not torch.compiler.is_compiling():
         check_values(tokens, cache, cfg)
     h = F.embedding(tokens, params["tok_embeddings.weight"])               # (B, T, dim)
@@ -53,7 +53,7 @@ def lm_head(params: Params, h: torch.Tensor) -> torch.Tensor:
 def check_values(tokens: torch.Tensor, cache: KVCache | None, cfg: ModelConfig) -> None:
     """Raise InputError for a token id outside [0, vocab) or a row that would run past the cache."""
     end = tokens.shape[1] + (cache.lengths if cache is not None else torch.zeros((), dtype=torch.long))
-    room = cache.max_seq_len if cache is not None else cfg.max_seq_len
+    room = kv.capacity(cache) if cache is not None else cfg.max_seq_len
     bad_ids, overflow = (tokens < 0) | (tokens >= cfg.vocab_size), end > room
     if not bool(bad_ids.any() | overflow.any()):
         return

@@ -73,7 +73,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     generate(params, cfg, [prompt], max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
              min_p=args.min_p, repetition_penalty=args.repetition_penalty, stop_tokens=tok.stop_tokens,
-             generator=generator, on_token=on_token, attention=args.attention, sync_every=1)
+             generator=generator, on_token=on_token, attention=args.attention, sync_every=1, compile=args.compile)
     sys.stdout.write(decoder.flush() + "\n")
     return 0
 
@@ -132,6 +132,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
     g.add_argument("--attention", default="sdpa", choices=backends("attention"), help="attention backend")
+    g.add_argument("--compile", action="store_true", help="compiled prefill and CUDA-graph decode step "
+                   "(pays a one-off compile; worth it on a GPU for long generations)")
     g.set_defaults(run=cmd_generate)
 
     i = sub.add_parser("info", help="print a checkpoint's config, parameter count and size")

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from . import checkpoint
+from .config import cards_dir
 from .decode import check_prompts, generate
 from .errors import InputError, LlamafnError, TokenizerError
 from .kernels import backends
@@ -42,10 +43,23 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+SHIPPED = {"target": "stdlib-coder", "draft": "stdlib-coder-draft"}
+
+
+def resolve_model(name: str | None) -> Path:
+    """A checkpoint path, or the name of a model shipped in params/ (`target`, the default, or `draft`)."""
+    name = name or "target"
+    if Path(name).exists():
+        return Path(name)
+    shipped = cards_dir() / SHIPPED.get(name, name)
+    if shipped.is_dir():
+        return shipped
+    known = ", ".join(sorted(SHIPPED) + sorted(p.name for p in cards_dir().iterdir() if p.is_dir()))
+    raise InputError(f"{name}: no such checkpoint, nor a shipped model (shipped: {known})")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    if args.model is None:
-        raise InputError("no model given: pass --model PATH (a llama2.c .bin, a Hugging Face, Meta or llamafn folder)")
-    model = Path(args.model)
+    model = resolve_model(args.model)
     checkpoint.detect_format(model)
     sampling_params(1, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                     repetition_penalty=args.repetition_penalty)
@@ -120,7 +134,8 @@ def parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate text from a prompt, streamed to stdout")
     g.add_argument("prompt", nargs="?", default="", help="the prompt text (empty: start from BOS alone)")
-    g.add_argument("--model", help="checkpoint: llama2.c .bin, or a Hugging Face, Meta or llamafn folder")
+    g.add_argument("--model", help="checkpoint (llama2.c .bin, or a Hugging Face, Meta or llamafn folder), or a "
+                   "shipped model: target (default, stdlib-coder) or draft (stdlib-coder-draft)")
     g.add_argument("--tokenizer", help="tokenizer file (default: the one next to the model)")
     g.add_argument("--max-new-tokens", type=int, help="default: 256, or what fits the context")
     g.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (default 0.8)")

@@ -77,6 +77,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise CheckpointError(f"{path}: already exists (pass overwrite=True / --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if path.exists():
@@ -99,6 +100,7 @@ def atomic_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         os.replace(tmp, path)
@@ -106,3 +108,10 @@ def atomic_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise e if isinstance(e, CheckpointError) else CheckpointError(f"{path}: could not write ({e})") from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process umask (tempfile creates private files; a saved checkpoint should get the usual mode)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

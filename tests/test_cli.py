@@ -61,12 +61,12 @@ def test_bad_generate_input_prints_one_error_line_and_no_traceback(extra, messag
 
 def test_a_missing_model_and_a_truncated_checkpoint(tmp_path):
     result = run_cli("generate", "--model", str(tmp_path / "nope.bin"), "hi")
-    assert result.returncode == 1 and "nope.bin: no such file or folder" in result.stderr
+    assert result.returncode == 1 and "nope.bin: no such checkpoint" in result.stderr
     cfg = ModelConfig(dim=16, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=8, hidden_dim=8)
     lf.save(tmp_path / "m", lf.init_params(cfg), cfg)
     weights = tmp_path / "m" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])
     result = run_cli("info", str(tmp_path / "m"))
     assert result.returncode == 1 and "Traceback" not in result.stderr and "safetensors" in result.stderr
-    result = run_cli("generate", "hello")
-    assert result.returncode == 1 and "no model given" in result.stderr
+    result = run_cli("generate", "--model", "no-such-model", "hello")
+    assert result.returncode == 1 and "no such checkpoint, nor a shipped model (shipped: draft, target" in result.stderr

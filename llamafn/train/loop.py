@@ -124,6 +124,11 @@ def train(cfg: ModelConfig, tc: TrainConfig, train_tokens: torch.Tensor, val_tok
         opt.step()
         done = step + 1
         timed_out = time.perf_counter() - t0 > tc.max_seconds
+        if sys.stderr.isatty() and done % 10 == 0:
+            rate = (done - last_step) * tokens_per_step / (time.perf_counter() - last_t)
+            bar = "#" * (30 * done // tc.steps)
+            print(f"\r[{bar:<30}] step {done}/{tc.steps}  loss {loss.item():.3f}  {rate / 1e3:.0f}k tok/s",
+                  end="", file=sys.stderr, flush=True)
         if done % tc.eval_every == 0 or done == tc.steps or timed_out:
             now = time.perf_counter()
             rate = (done - last_step) * tokens_per_step / (now - last_t)
@@ -131,7 +136,7 @@ def train(cfg: ModelConfig, tc: TrainConfig, train_tokens: torch.Tensor, val_tok
             log.append({"step": done, "tokens": done * tokens_per_step, "train_loss": round(loss.item(), 4),
                         "val_loss": round(val, 4), "lr": learning_rate(step, tc),
                         "grad_norm": round(float(grad_norm), 3), "tok_s": round(rate)})
-            print(f"step {done}/{tc.steps}  train {loss.item():.3f}  val {val:.3f}  {rate / 1e3:.0f}k tok/s",
+            print(f"\rstep {done}/{tc.steps}  train {loss.item():.3f}  val {val:.3f}  {rate / 1e3:.0f}k tok/s",
                   file=sys.stderr, flush=True)
             (out_dir / "log.json").write_text(json.dumps(log, indent=1) + "\n")
             last_t, last_step = time.perf_counter(), done

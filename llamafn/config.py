@@ -8,12 +8,13 @@ hidden = multiple_of * ceil(ffn_dim_multiplier * int(2 * 4 * dim / 3) / multiple
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import ConfigError
 
@@ -80,7 +81,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "params.json") -> "ModelConfig":
         """Read Meta's params.json keys (and ours, which add `hidden_dim` and `tie_embeddings`)."""
-        try:
+        with _fields_of(source):
             dim, n_heads = int(d["dim"]), int(d["n_heads"])
             hidden_dim = d.get("hidden_dim") or ffn_hidden_dim(
                 dim, int(d.get("multiple_of", 256)), d.get("ffn_dim_multiplier"))
@@ -105,12 +106,6 @@ class ModelConfig:
                 max_seq_len=int(d.get("max_seq_len", 2048)),
                 tie_embeddings=bool(d.get("tie_embeddings", False)),
             )
-        except KeyError as e:
-            raise ConfigError(f"{source}: missing required field {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            if isinstance(e, ConfigError):
-                raise
-            raise ConfigError(f"{source}: bad value ({e})") from None
 
     @classmethod
     def from_hf(cls, d: dict[str, Any], *, source: str = "config.json") -> "ModelConfig":
@@ -118,7 +113,7 @@ class ModelConfig:
         model_type = d.get("model_type", "llama")
         if model_type != "llama":
             raise ConfigError(f"{source}: model_type is {model_type!r}; only 'llama' checkpoints are supported")
-        try:
+        with _fields_of(source):
             dim, n_heads = int(d["hidden_size"]), int(d["num_attention_heads"])
             head_dim = d.get("head_dim")
             if head_dim is not None and int(head_dim) != dim // n_heads:
@@ -144,12 +139,19 @@ class ModelConfig:
                 max_seq_len=int(d.get("max_position_embeddings", 2048)),
                 tie_embeddings=bool(d.get("tie_word_embeddings", False)),
             )
-        except KeyError as e:
-            raise ConfigError(f"{source}: missing required field {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            if isinstance(e, ConfigError):
-                raise
-            raise ConfigError(f"{source}: bad value ({e})") from None
+
+
+@contextlib.contextmanager
+def _fields_of(source: str) -> Iterator[None]:
+    """Turn a missing key or an unconvertible value met while reading `source` into a ConfigError."""
+    try:
+        yield
+    except KeyError as e:
+        raise ConfigError(f"{source}: missing required field {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{source}: bad value ({e})") from None
 
 
 def ffn_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:

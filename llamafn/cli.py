@@ -93,7 +93,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    path = Path(args.path)
+    path = resolve_model(args.path)
     fmt = checkpoint.detect_format(path)
     params, cfg = checkpoint.load(path, device="meta")
     on_disk = sum(f.stat().st_size for f in ([path] if path.is_file() else path.iterdir()) if f.is_file())
@@ -106,7 +106,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    src = Path(args.src)
+    src = resolve_model(args.src)
     params, cfg = checkpoint.load(src, dtype=DTYPES[args.dtype] if args.dtype else None)
     try:
         tokenizer = find_tokenizer(src)
@@ -152,7 +152,7 @@ def parser() -> argparse.ArgumentParser:
     g.set_defaults(run=cmd_generate)
 
     i = sub.add_parser("info", help="print a checkpoint's config, parameter count and size")
-    i.add_argument("path")
+    i.add_argument("path", help="a checkpoint, or a shipped model's name (target, draft)")
     i.set_defaults(run=cmd_info)
 
     c = sub.add_parser("convert", help="convert a checkpoint (any readable format) to another")

@@ -12,13 +12,16 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from .. import cache as kv
 from ..cache import init_cache
 from ..compile import bucket, compiled, mark_static, round_up
 from ..config import ModelConfig
 from ..errors import InputError
 from ..params import Params
-from ..sampling import draw_noise, sampling_params
+from ..model import transformer
+from ..sampling import SamplingParams, draw_noise, sampling_params
 from . import sample
+from . import speculative as spec
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, max_new_tokens: int) -> None:
@@ -46,7 +49,8 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
            temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
            stop_tokens: Sequence[int] = (), generator: torch.Generator | None = None,
            attention: str = "sdpa", sync_every: int = 8, compile: bool = False,
-           cache_len: int | None = None) -> Iterator[list[list[int]]]:
+           cache_len: int | None = None, speculative: str | None = None,
+           draft: tuple[Params, ModelConfig] | None = None, k: int = 4) -> Iterator[list[list[int]]]:
     """Yield, every `sync_every` steps, the new tokens of each row (a list per row, possibly empty).
 
     Sampling settings are scalars or one value per row (see llamafn.sampling). A row stops after its
@@ -55,6 +59,11 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
     `compile=True` runs the compiled prefill (prompts padded to a length bucket) and the compiled
     decode step (CUDA graphs on a GPU) from llamafn.compile; `cache_len` fixes the cache length, so
     calls with different prompt lengths share one decode graph (default: rounded up to 256).
+
+    `speculative="draft"` (with `draft=(params, cfg)`, a model of the same vocabulary) or "lookup"
+    (prompt lookup, no second model) proposes `k` tokens a step and verifies them in one target
+    forward (llamafn.decode.speculative); the output is distributed exactly as without it. It syncs
+    once a step (to learn how many tokens each row accepted), so `sync_every` does not apply.
     """
     check_prompts(prompts, cfg, max_new_tokens)
     if sync_every < 1:
@@ -65,6 +74,10 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
                          repetition_penalty=repetition_penalty, device=device)
     all_greedy = bool((sp.temperature == 0).all())
     stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
+    if speculative is not None:
+        yield from _speculative(params, cfg, prompts, max_new_tokens, sp, stops, generator, attention,
+                                speculative, draft, k)
+        return
     lengths = [len(p) for p in prompts]
     T = bucket(max(lengths)) if compile else max(lengths)
     needed = max(T, max(lengths) + max_new_tokens)
@@ -113,7 +126,9 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
              temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
              stop_tokens: Sequence[int] = (), generator: torch.Generator | None = None,
              on_token: Callable[[int, int], None] | None = None, attention: str = "sdpa",
-             sync_every: int = 8, compile: bool = False, cache_len: int | None = None) -> list[list[int]]:
+             sync_every: int = 8, compile: bool = False, cache_len: int | None = None,
+             speculative: str | None = None, draft: tuple[Params, ModelConfig] | None = None,
+             k: int = 4) -> list[list[int]]:
     """Generate up to `max_new_tokens` for each prompt (token-id lists, ragged); return the new tokens
     of each row, without the stop token. Greedy at temperature 0 (the default). `on_token(row, id)` is
     called for every token as it reaches the host. See `stream` for the arguments."""
@@ -121,10 +136,83 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     for chunk in stream(params, cfg, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         min_p=min_p, repetition_penalty=repetition_penalty, stop_tokens=stop_tokens,
                         generator=generator, attention=attention, sync_every=sync_every, compile=compile,
-                        cache_len=cache_len):
+                        cache_len=cache_len, speculative=speculative, draft=draft, k=k):
         for row, toks in enumerate(chunk):
             results[row].extend(toks)
             if on_token is not None:
                 for t in toks:
                     on_token(row, t)
     return results
+
+
+def _cut(tokens: list[int], row: int, done: list[bool], emitted: list[int], stop_set: set[int],
+         max_new_tokens: int) -> list[int]:
+    """The part of a row's new tokens the caller gets: up to its first stop token and its budget."""
+    out = []
+    for t in tokens:
+        if done[row] or emitted[row] >= max_new_tokens:
+            break
+        emitted[row] += 1
+        if t in stop_set:
+            done[row] = True
+        else:
+            out.append(t)
+    return out
+
+
+def _speculative(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                 sp: SamplingParams, stops: torch.Tensor, generator: torch.Generator | None, attention: str,
+                 mode: str, draft: tuple[Params, ModelConfig] | None, k: int) -> Iterator[list[list[int]]]:
+    """The driver loop of speculative decoding (see `stream`)."""
+    if mode not in ("draft", "lookup"):
+        raise InputError(f"speculative must be 'draft' or 'lookup', got {mode!r}")
+    if not 1 <= k <= 16:
+        raise InputError(f"k (draft tokens a step) must be in 1..16, got {k}")
+    if mode == "draft":
+        if draft is None:
+            raise InputError("speculative='draft' needs draft=(params, cfg), a draft model")
+        if draft[1].vocab_size != cfg.vocab_size:
+            raise InputError(f"the draft model's vocabulary ({draft[1].vocab_size}) differs from the "
+                             f"target's ({cfg.vocab_size})")
+    if bool((sp.repetition_penalty != 1).any()):
+        raise InputError("repetition_penalty is not supported with speculative decoding")
+    device, B, V = stops.device, len(prompts), cfg.vocab_size
+    all_greedy = bool((sp.temperature == 0).all())
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    T = max(len(p) for p in prompts)
+    room = T + max_new_tokens + k + 1
+    tokens = torch.tensor([list(p) + [p[-1]] * (T - len(p)) for p in prompts], dtype=torch.long, device=device)
+
+    def exp_noise(*shape: int) -> torch.Tensor:
+        return torch.ones(*shape, device=device) if all_greedy else draw_noise(shape, generator, device)
+
+    cache = init_cache(cfg, B, room, dtype=params["tok_embeddings.weight"].dtype, device=device)
+    first, state = sample.prefill(params, tokens, lengths, cache, sp, exp_noise(B, V), stops, cfg=cfg,
+                                  attention=attention, all_greedy=all_greedy)
+    draft_params, draft_cfg, draft_cache = None, None, None
+    if mode == "draft":
+        draft_params, draft_cfg = draft
+        draft_cache = init_cache(draft_cfg, B, room, dtype=draft_params["tok_embeddings.weight"].dtype, device=device)
+        _, draft_cache = transformer(draft_params, tokens, draft_cache, cfg=draft_cfg, attention=attention)
+        draft_cache = kv.truncate(draft_cache, lengths)
+    history = torch.cat([tokens, torch.zeros(B, max_new_tokens + k + 2, dtype=torch.long, device=device)], 1)
+    history = history.scatter(1, lengths[:, None], first[:, None])
+    spec_state = spec.SpecState(cache=state.cache, draft_cache=draft_cache, last=first, history=history,
+                                history_len=lengths + 1)
+    stop_set, done, emitted = set(stops.tolist()), [False] * B, [0] * B
+    yield [_cut([t], row, done, emitted, stop_set, max_new_tokens) for row, t in enumerate(first.tolist())]
+    while True:
+        active = [not done[b] and emitted[b] < max_new_tokens for b in range(B)]
+        if not any(active):
+            return
+        if all_greedy:
+            noise = spec.SpecNoise(torch.ones(B, k, V, device=device), torch.zeros(B, k, device=device),
+                                   torch.ones(B, V, device=device))
+        else:
+            uniform = torch.rand(B, k, generator=generator, device=generator.device if generator else "cpu")
+            noise = spec.SpecNoise(exp_noise(B, k, V), uniform.to(device), exp_noise(B, V))
+        out, counts, spec_state = spec.step(params, spec_state, sp, noise, torch.tensor(active, device=device),
+                                            cfg=cfg, draft_params=draft_params, draft_cfg=draft_cfg,
+                                            attention=attention)
+        rows, counts = out.tolist(), counts.tolist()                       # the one sync a step
+        yield [_cut(rows[b][:counts[b]], b, done, emitted, stop_set, max_new_tokens) for b in range(B)]

@@ -1,0 +1,150 @@
+"""Speculative decoding as a pure step over an explicit state (Leviathan et al. 2023, "Fast Inference
+from Transformers via Speculative Decoding"; Chen et al. 2023, "Accelerating Large Language Model
+Decoding with Speculative Sampling").
+
+Each step proposes k tokens per row, then one target forward over [last, d_1..d_k] scores all k+1
+positions. Draft token d_i is accepted with probability min(1, p_i(d_i) / q_i(d_i)); at the first
+rejection the row's next token is drawn from norm(max(0, p - q)) at that position, and when all k are
+accepted a bonus token is drawn from the target's last distribution. Both caches are rolled back to
+the accepted length (`truncate`). p and q are the *warped* distributions (temperature, top-k, top-p,
+min-p), and a greedy row's distribution is one-hot at its argmax, so the same rule is exact greedy
+verification there. The emitted tokens are distributed exactly as the target's own sampling.
+
+Proposers: a draft model (any model with the target's vocabulary), run k+1 single-token steps (the
+last only consumes d_k, so its cache is whole when every proposal is accepted); or prompt lookup
+(Saxena 2023): the k tokens that followed the latest earlier occurrence of the context's last n-gram
+(n = 3, 2, 1), proposed with q one-hot. Shapes are static and nothing syncs with the host; rows that
+are `active` False neither emit nor advance.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .. import cache as kv
+from ..cache import KVCache
+from ..config import ModelConfig
+from ..model import forward
+from ..params import Params
+from ..sampling import SamplingParams, process_logits
+
+
+class SpecState(NamedTuple):
+    cache: KVCache                 # the target's
+    draft_cache: KVCache | None    # the draft model's (None for prompt lookup)
+    last: torch.Tensor             # (B,) the newest token, not yet in either cache
+    history: torch.Tensor          # (B, L) prompt + emitted tokens (last included), for prompt lookup
+    history_len: torch.Tensor      # (B,)
+
+
+class SpecNoise(NamedTuple):
+    """Pre-drawn randomness of one step (DESIGN.md, convention 4)."""
+
+    draft: torch.Tensor    # (B, k, V) Exp(1): the draft's exponential races
+    accept: torch.Tensor   # (B, k) U[0, 1): acceptance tests
+    extra: torch.Tensor    # (B, V) Exp(1): the correction or bonus token's race
+
+
+def warped_probs(logits: torch.Tensor, sp: SamplingParams) -> torch.Tensor:
+    """logits (B, n, V) -> the distributions sampling would draw from, (B, n, V) float32; one-hot at
+    the argmax for rows at temperature 0."""
+    B, n, V = logits.shape
+    per_position = SamplingParams(*(t.repeat_interleave(n) for t in sp))
+    processed = process_logits(logits.reshape(B * n, V), per_position)
+    probs = processed.softmax(-1)
+    one_hot = F.one_hot(processed.argmax(-1), V).to(probs.dtype)
+    return torch.where(per_position.temperature[:, None] > 0, probs, one_hot).view(B, n, V)
+
+
+def race(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Sample from (unnormalised) probs (..., V) with Exp(1) noise: argmax probs / noise."""
+    return (probs / noise).argmax(-1)
+
+
+def propose_with_draft(params: Params, state: SpecState, sp: SamplingParams, noise: torch.Tensor, k: int, *,
+                       cfg: ModelConfig, attention: str = "sdpa") -> tuple[torch.Tensor, torch.Tensor, KVCache]:
+    """k draft tokens (B, k), their draft distributions (B, k, V), and the draft cache after k+1 steps."""
+    tok, dcache, tokens, dists = state.last, state.draft_cache, [], []
+    for i in range(k):
+        logits, dcache = forward(params, tok[:, None], dcache, cfg=cfg, attention=attention)
+        q = warped_probs(logits, sp)[:, 0]                                  # (B, V)
+        tok = race(q, noise[:, i])
+        tokens.append(tok)
+        dists.append(q)
+    _, dcache = forward(params, tok[:, None], dcache, cfg=cfg, attention=attention)  # consume d_k
+    return torch.stack(tokens, 1), torch.stack(dists, 1), dcache
+
+
+def propose_by_lookup(history: torch.Tensor, history_len: torch.Tensor, k: int, vocab_size: int,
+                      max_ngram: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """k tokens per row that followed the latest earlier match of the context's last n-gram (longest n
+    first), or the last token repeated where nothing matches; q is one-hot. -> (B, k), (B, k, V)."""
+    B, L = history.shape
+    rows = torch.arange(B, device=history.device)[:, None]
+    proposal = history[rows[:, 0], (history_len - 1).clamp(min=0)][:, None].expand(B, k)   # fallback
+    found = torch.zeros(B, dtype=torch.bool, device=history.device)
+    for n in range(min(max_ngram, L - 1), 0, -1):
+        key = history[rows, (history_len[:, None] - n + torch.arange(n, device=history.device)).clamp(min=0)]
+        windows = history.unfold(1, n, 1)                                   # (B, L-n+1, n)
+        starts = torch.arange(L - n + 1, device=history.device)[None]       # (1, L-n+1)
+        match = (windows == key[:, None, :]).all(-1) & (starts + n < history_len[:, None]) & (history_len[:, None] > n)
+        latest = torch.where(match, starts, -1).amax(-1)                    # (B,)
+        follow = (latest[:, None] + n + torch.arange(k, device=history.device)).clamp(max=L - 1)
+        use = (latest >= 0) & ~found
+        proposal = torch.where(use[:, None], history[rows, follow], proposal)
+        found = found | use
+    return proposal, F.one_hot(proposal, vocab_size).float()
+
+
+def verify(params: Params, state: SpecState, drafts: torch.Tensor, q: torch.Tensor, draft_cache: KVCache | None,
+           sp: SamplingParams, noise: SpecNoise, active: torch.Tensor, *, cfg: ModelConfig,
+           attention: str = "sdpa") -> tuple[torch.Tensor, torch.Tensor, SpecState]:
+    """Score [last, d_1..d_k] with the target and apply the acceptance rule.
+
+    -> emitted (B, k+1): the accepted drafts then the correction/bonus token (entries past a row's count
+    are junk), counts (B,) in 1..k+1 (0 for inactive rows), and the state rolled forward.
+    """
+    B, k = drafts.shape
+    start = state.cache.lengths
+    logits, cache = forward(params, torch.cat([state.last[:, None], drafts], 1), state.cache, cfg=cfg,
+                            attention=attention)                            # (B, k+1, V)
+    p = warped_probs(logits, sp)                                            # (B, k+1, V)
+    p_d = p[:, :k].gather(-1, drafts[..., None])[..., 0]                    # (B, k)
+    q_d = q.gather(-1, drafts[..., None])[..., 0].clamp_min(1e-30)          # (B, k)
+    accepted = (noise.accept * q_d < p_d).long().cumprod(-1).sum(-1)        # (B,) leading accepts
+    q_next = torch.cat([q, torch.zeros_like(q[:, :1])], 1)                  # (B, k+1, V): none after d_k
+    at = accepted[:, None, None].expand(B, 1, p.shape[-1])
+    p_j, q_j = p.gather(1, at)[:, 0], q_next.gather(1, at)[:, 0]            # (B, V)
+    residual = (p_j - q_j).clamp_min(0)
+    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_j)
+    extra = race(residual, noise.extra)                                     # (B,)
+    emitted = torch.cat([drafts, drafts[:, :1]], 1).scatter(1, accepted[:, None], extra[:, None])
+    counts = torch.where(active, accepted + 1, 0)
+    new_len = start + counts
+    hist_pos = (state.history_len[:, None] + torch.arange(k + 1, device=drafts.device)).clamp(
+        max=state.history.shape[1] - 1)
+    history = state.history.scatter(1, hist_pos, torch.where(active[:, None], emitted, state.history.gather(1, hist_pos)))
+    new_state = SpecState(
+        cache=kv.truncate(cache, new_len),
+        draft_cache=None if draft_cache is None else kv.truncate(draft_cache, new_len),
+        last=torch.where(active, extra, state.last),
+        history=history, history_len=state.history_len + counts)
+    return emitted, counts, new_state
+
+
+def step(params: Params, state: SpecState, sp: SamplingParams, noise: SpecNoise, active: torch.Tensor, *,
+         cfg: ModelConfig, draft_params: Params | None = None, draft_cfg: ModelConfig | None = None,
+         attention: str = "sdpa") -> tuple[torch.Tensor, torch.Tensor, SpecState]:
+    """One speculative step: propose k = noise.accept.shape[1] tokens (with the draft model when
+    `draft_params` is given, else by prompt lookup), verify, roll back. See `verify` for the outputs."""
+    k = noise.accept.shape[1]
+    if draft_params is not None:
+        drafts, q, dcache = propose_with_draft(draft_params, state, sp, noise.draft, k, cfg=draft_cfg,
+                                               attention=attention)
+    else:
+        drafts, q = propose_by_lookup(state.history, state.history_len, k, cfg.vocab_size)
+        dcache = None
+    return verify(params, state, drafts, q, dcache, sp, noise, active, cfg=cfg, attention=attention)

@@ -180,7 +180,7 @@ def _speculative(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[in
     all_greedy = bool((sp.temperature == 0).all())
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     T = max(len(p) for p in prompts)
-    room = T + max_new_tokens + k + 1
+    room = T + max_new_tokens + 2 * (k + 1)   # a row that overshot its budget by k still writes k+1 junk positions
     tokens = torch.tensor([list(p) + [p[-1]] * (T - len(p)) for p in prompts], dtype=torch.long, device=device)
 
     def exp_noise(*shape: int) -> torch.Tensor:
@@ -195,7 +195,7 @@ def _speculative(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[in
         draft_cache = init_cache(draft_cfg, B, room, dtype=draft_params["tok_embeddings.weight"].dtype, device=device)
         _, draft_cache = transformer(draft_params, tokens, draft_cache, cfg=draft_cfg, attention=attention)
         draft_cache = kv.truncate(draft_cache, lengths)
-    history = torch.cat([tokens, torch.zeros(B, max_new_tokens + k + 2, dtype=torch.long, device=device)], 1)
+    history = torch.cat([tokens, torch.zeros(B, room - T, dtype=torch.long, device=device)], 1)
     history = history.scatter(1, lengths[:, None], first[:, None])
     spec_state = spec.SpecState(cache=state.cache, draft_cache=draft_cache, last=first, history=history,
                                 history_len=lengths + 1)

@@ -77,6 +77,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     max_new = args.max_new_tokens if args.max_new_tokens is not None else min(256, room)
     check_prompts([prompt], cfg, max_new)
     generator = torch.Generator(device).manual_seed(args.seed) if args.seed is not None else None
+    draft = None
+    if args.speculative == "draft":
+        draft_path = resolve_model(args.draft_model or "draft")
+        draft = checkpoint.load(draft_path, dtype=dtype, device=device)
     decoder = tok.stream_decoder(prompt)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
@@ -87,7 +91,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     generate(params, cfg, [prompt], max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
              min_p=args.min_p, repetition_penalty=args.repetition_penalty, stop_tokens=tok.stop_tokens,
-             generator=generator, on_token=on_token, attention=args.attention, sync_every=1, compile=args.compile)
+             generator=generator, on_token=on_token, attention=args.attention, sync_every=1, compile=args.compile,
+             speculative=args.speculative, draft=draft, k=args.k)
     sys.stdout.write(decoder.flush() + "\n")
     return 0
 
@@ -149,6 +154,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--attention", default="sdpa", choices=backends("attention"), help="attention backend")
     g.add_argument("--compile", action="store_true", help="compiled prefill and CUDA-graph decode step "
                    "(pays a one-off compile; worth it on a GPU for long generations)")
+    g.add_argument("--speculative", choices=("draft", "lookup"),
+                   help="speculative decoding with a draft model or by prompt lookup (same output distribution)")
+    g.add_argument("--draft-model", help="the draft checkpoint for --speculative draft (default: the shipped draft)")
+    g.add_argument("--k", type=int, default=4, help="tokens proposed per speculative step (default 4)")
     g.set_defaults(run=cmd_generate)
 
     i = sub.add_parser("info", help="print a checkpoint's config, parameter count and size")

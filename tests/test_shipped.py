@@ -67,3 +67,12 @@ def test_cli_defaults_to_the_shipped_target(capsys):
     assert main(["generate", "--temperature", "0", "--max-new-tokens", "20", "def fibonacci(n):"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("def fibonacci(n):") and len(out) > len("def fibonacci(n):") + 5
+
+
+def test_cli_speculative_decoding_gives_the_same_greedy_text(capsys):
+    args = ["generate", "--temperature", "0", "--max-new-tokens", "30", "def parse(line):"]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    for extra in (["--speculative", "draft", "--k", "3"], ["--speculative", "lookup"]):
+        assert main(args + extra) == 0
+        assert capsys.readouterr().out == plain

@@ -119,6 +119,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         tokenizer = None
     if args.format == "native":
         checkpoint.save(args.dst, params, cfg, tokenizer=tokenizer, overwrite=args.overwrite)
+    elif args.format == "hf":
+        checkpoint.save_hf(args.dst, params, cfg, overwrite=args.overwrite)
     elif args.format == "meta":
         checkpoint.save_meta(args.dst, params, cfg, n_shards=args.shards, overwrite=args.overwrite)
     else:
@@ -167,7 +169,7 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a checkpoint (any readable format) to another")
     c.add_argument("src")
     c.add_argument("dst")
-    c.add_argument("--format", choices=("native", "meta", "llama2c"), default="native")
+    c.add_argument("--format", choices=("native", "hf", "meta", "llama2c"), default="native")
     c.add_argument("--dtype", choices=sorted(DTYPES), help="cast the weights (default: keep)")
     c.add_argument("--shards", type=int, default=1, help="model-parallel shards for --format meta")
     c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")

@@ -15,7 +15,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..params import Params
-from .hf import is_hf, load_hf
+from .hf import is_hf, load_hf, save_hf
 from .llama2c import is_llama2c, load_llama2c, save_llama2c
 from .meta import is_meta, load_meta, save_meta
 from .native import is_native, load_native, save
@@ -47,4 +47,4 @@ def load(path: str | Path, *, dtype: torch.dtype | None = None,
     return loader(path, dtype=dtype, device=device)
 
 
-__all__ = ["detect_format", "load", "save", "save_llama2c", "save_meta"]
+__all__ = ["detect_format", "load", "save", "save_hf", "save_llama2c", "save_meta"]

@@ -9,15 +9,17 @@ serves every format.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from ..config import ModelConfig, read_json
 from ..errors import CheckpointError
-from ..params import Params
-from .common import LazyTensor, materialize
+from ..params import Params, check_params
+from .common import LazyTensor, atomic_dir, materialize
 from .native import open_safetensors
 
 RENAMES = {
@@ -92,3 +94,40 @@ def load_hf(path: Path, *, dtype: torch.dtype | None, device: str | torch.device
                 t = LazyTensor(t.shape, lambda t=t, h=heads: unpermute(t.read(), h))
             lazy[key] = t
     return materialize(lazy, cfg, str(path), dtype=dtype, device=device), cfg
+
+
+def save_hf(path: str | Path, params: Params, cfg: ModelConfig, *, overwrite: bool = False) -> Path:
+    """Write a folder transformers' LlamaForCausalLM.from_pretrained reads (config.json + model.safetensors),
+    q/k rows permuted to its rotate-half RoPE layout."""
+    check_params(params, cfg)
+    hf_names = {v: k for k, v in RENAMES.items()}
+    tensors = {}
+    for key, t in params.items():
+        t = t.detach().contiguous().cpu()
+        if key.startswith("layers."):
+            _, i, rest = key.split(".", 2)
+            module = rest[: -len(".weight")]
+            if module in ("attention.wq", "attention.wk"):
+                t = permute(t, cfg.n_heads if module.endswith("wq") else cfg.n_kv_heads).contiguous()
+            tensors[f"model.layers.{i}.{hf_names[module]}.weight"] = t
+        else:
+            tensors[{"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+                     "output.weight": "lm_head.weight"}[key]] = t
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling is not None:
+        s = cfg.rope_scaling
+        rope = {"rope_type": "llama3", "rope_theta": cfg.rope_theta, "factor": s.factor,
+                "low_freq_factor": s.low_freq_factor, "high_freq_factor": s.high_freq_factor,
+                "original_max_position_embeddings": s.original_max_seq_len}
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": cfg.dim,
+        "intermediate_size": cfg.hidden_dim, "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads, "vocab_size": cfg.vocab_size, "rms_norm_eps": cfg.norm_eps,
+        "max_position_embeddings": cfg.max_seq_len, "tie_word_embeddings": cfg.tie_embeddings,
+        "rope_theta": cfg.rope_theta, "rope_scaling": rope if cfg.rope_scaling is not None else None,
+        "rope_parameters": rope, "hidden_act": "silu", "torch_dtype": str(next(iter(tensors.values())).dtype)[6:],
+    }
+    with atomic_dir(path, overwrite) as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return Path(path)

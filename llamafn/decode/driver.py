@@ -21,6 +21,7 @@ from ..params import Params
 from ..model import transformer
 from ..sampling import SamplingParams, draw_noise, sampling_params
 from . import sample
+from . import beam
 from . import speculative as spec
 
 
@@ -128,10 +129,22 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
              on_token: Callable[[int, int], None] | None = None, attention: str = "sdpa",
              sync_every: int = 8, compile: bool = False, cache_len: int | None = None,
              speculative: str | None = None, draft: tuple[Params, ModelConfig] | None = None,
-             k: int = 4) -> list[list[int]]:
+             k: int = 4, num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
+             num_return_sequences: int = 1) -> list[list[int]]:
     """Generate up to `max_new_tokens` for each prompt (token-id lists, ragged); return the new tokens
     of each row, without the stop token. Greedy at temperature 0 (the default). `on_token(row, id)` is
-    called for every token as it reaches the host. See `stream` for the arguments."""
+    called for every token as it reaches the host. See `stream` for the arguments. With `num_beams` > 1
+    it is beam search (`beam_search`), returning each prompt's best `num_return_sequences` in turn."""
+    if num_beams > 1:
+        beams = beam_search(params, cfg, prompts, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
+                            early_stopping=early_stopping, num_return_sequences=num_return_sequences,
+                            stop_tokens=stop_tokens, attention=attention)
+        out = [tokens for row in beams for tokens, _ in row]
+        if on_token is not None:
+            for row, tokens in enumerate(out):
+                for t in tokens:
+                    on_token(row, t)
+        return out
     results: list[list[int]] = [[] for _ in prompts]
     for chunk in stream(params, cfg, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         min_p=min_p, repetition_penalty=repetition_penalty, stop_tokens=stop_tokens,
@@ -216,3 +229,41 @@ def _speculative(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[in
                                             attention=attention)
         rows, counts = out.tolist(), counts.tolist()                       # the one sync a step
         yield [_cut(rows[b][:counts[b]], b, done, emitted, stop_set, max_new_tokens) for b in range(B)]
+
+
+def beam_search(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128, *,
+                num_beams: int = 4, length_penalty: float = 1.0, early_stopping: bool | str = False,
+                num_return_sequences: int = 1, stop_tokens: Sequence[int] = (),
+                attention: str = "sdpa") -> list[list[tuple[list[int], float]]]:
+    """Beam search over ragged prompts (llamafn.decode.beam, Hugging Face's semantics): for each prompt
+    the best `num_return_sequences` hypotheses, best first, as (new tokens without the stop token,
+    score = sum of log-probabilities / length ** length_penalty)."""
+    check_prompts(prompts, cfg, max_new_tokens)
+    if num_beams < 1 or not 1 <= num_return_sequences <= num_beams:
+        raise InputError(f"need num_beams >= 1 and 1 <= num_return_sequences <= num_beams, "
+                         f"got num_beams={num_beams}, num_return_sequences={num_return_sequences}")
+    if early_stopping not in (True, False, "never"):
+        raise InputError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    emb = params["tok_embeddings.weight"]
+    device, B = emb.device, len(prompts)
+    lengths = [len(p) for p in prompts]
+    T = max(lengths)
+    tokens = torch.tensor([list(p) + [p[-1]] * (T - len(p)) for p in prompts], dtype=torch.long, device=device)
+    stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
+    cache = init_cache(cfg, B, T + max_new_tokens, dtype=emb.dtype, device=device)
+    state = beam.init(params, tokens, torch.tensor(lengths, device=device), cache, num_beams, max_new_tokens,
+                      cfg=cfg, attention=attention)
+    for t in range(max_new_tokens):
+        state, unfinished = beam.step(params, state, t, stops, cfg=cfg, length_penalty=length_penalty,
+                                      early_stopping=early_stopping, attention=attention)
+        if not bool(unfinished):                                           # the driver's one sync a step
+            break
+    stop_set, results = set(stop_tokens), []
+    for b, (toks, lens, scores) in enumerate(zip(state.done_tokens.tolist(), state.done_lengths.tolist(),
+                                                 state.done_scores.tolist())):
+        row = []
+        for i in range(num_return_sequences):
+            seq = toks[i][:lens[i]]
+            row.append((seq[:-1] if seq and seq[-1] in stop_set else seq, scores[i]))
+        results.append(row)
+    return results

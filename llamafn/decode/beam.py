@@ -1,0 +1,108 @@
+"""Beam search as a pure init/step pair, with the semantics of Hugging Face transformers'
+`generate(num_beams=...)` (the vectorised beam search of transformers 4.50+): each step keeps the top
+K = max(2, 1 + n_eos) * num_beams continuations over all beams, finalises the ones that hit a stop
+token (or the length limit) among the top num_beams with score logprob / length ** length_penalty,
+continues the best num_beams unfinished ones, and stops as `early_stopping` says (True: once
+num_beams hypotheses are done; False: when the best running beam cannot beat the worst finished one
+at the current length; "never": ... at the longest possible length). The cache rows are gathered
+after each step with `cache.reorder`, never recomputed.
+
+Rows of a batch are independent searches over B * num_beams cache rows; ragged prompts need nothing
+special because positions come from the cache.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .. import cache as kv
+from ..cache import KVCache
+from ..config import ModelConfig
+from ..model import forward, lm_head, transformer
+from ..params import Params
+
+NEG = -1.0e9
+
+
+class BeamState(NamedTuple):
+    cache: KVCache                 # B * num_beams rows
+    tokens: torch.Tensor           # (B, nb, max_new) running hypotheses' generated tokens
+    scores: torch.Tensor           # (B, nb) their summed log-probabilities
+    logits: torch.Tensor           # (B * nb, V) next-token logits of each running hypothesis
+    done_tokens: torch.Tensor      # (B, nb, max_new) finished hypotheses
+    done_scores: torch.Tensor      # (B, nb) their length-penalised scores (NEG: empty slot)
+    done_lengths: torch.Tensor     # (B, nb) their lengths (stop token included)
+    is_done: torch.Tensor          # (B, nb) bool: the slot holds a finished hypothesis
+    improvable: torch.Tensor       # (B, 1) bool: running beams may still beat the finished ones
+
+
+def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """t (B, n, ...) gathered along dim 1 by index (B, m) -> (B, m, ...)."""
+    while index.dim() < t.dim():
+        index = index.unsqueeze(-1)
+    return torch.take_along_dim(t, index, dim=1)
+
+
+def init(params: Params, prompts: torch.Tensor, prompt_lengths: torch.Tensor, cache: KVCache, num_beams: int,
+         max_new_tokens: int, *, cfg: ModelConfig, attention: str = "sdpa") -> BeamState:
+    """Prefill the right-padded prompts (B, T) once per row, then give every row num_beams copies of its
+    cache; only beam 0 starts live (the others at NEG), as in transformers."""
+    B = prompts.shape[0]
+    h, cache = transformer(params, prompts, cache, cfg=cfg, attention=attention)
+    cache = kv.truncate(cache, cache.lengths - prompts.shape[1] + prompt_lengths)
+    logits = lm_head(params, h[torch.arange(B, device=prompts.device), prompt_lengths - 1])     # (B, V)
+    expand = torch.arange(B, device=prompts.device).repeat_interleave(num_beams)
+    scores = torch.full((B, num_beams), NEG, device=prompts.device)
+    scores[:, 0] = 0.0
+    empty = torch.zeros(B, num_beams, max_new_tokens, dtype=torch.long, device=prompts.device)
+    return BeamState(
+        cache=kv.reorder(cache, expand), tokens=empty, scores=scores, logits=logits[expand],
+        done_tokens=empty.clone(), done_scores=torch.full_like(scores, NEG),
+        done_lengths=torch.zeros(B, num_beams, dtype=torch.long, device=prompts.device),
+        is_done=torch.zeros(B, num_beams, dtype=torch.bool, device=prompts.device),
+        improvable=torch.ones(B, 1, dtype=torch.bool, device=prompts.device))
+
+
+def step(params: Params, state: BeamState, t: int, stop_tokens: torch.Tensor, *, cfg: ModelConfig,
+         length_penalty: float = 1.0, early_stopping: bool | str = False,
+         attention: str = "sdpa") -> tuple[BeamState, torch.Tensor]:
+    """Choose generated token t (0-based) of every hypothesis; -> (new state, unfinished (bool scalar))."""
+    B, nb, max_new = state.tokens.shape
+    V = state.logits.shape[-1]
+    K = max(2, 1 + stop_tokens.numel()) * nb
+    log_probs = F.log_softmax(state.logits.float(), -1).view(B, nb, V) + state.scores[..., None]
+    top_lp, top_idx = log_probs.view(B, nb * V).topk(K)                           # (B, K)
+    source, token = top_idx // V, top_idx % V
+    top_tokens = _gather(state.tokens, source)                                      # (B, K, max_new)
+    top_tokens[:, :, t] = token
+    hits = torch.isin(token, stop_tokens) | (t + 1 >= max_new)                    # (B, K)
+
+    running_lp = top_lp + hits.float() * NEG
+    keep = running_lp.topk(nb).indices                                            # (B, nb)
+    tokens, scores, parent = _gather(top_tokens, keep), _gather(running_lp, keep), _gather(source, keep)
+
+    just_done = hits & (torch.arange(K, device=hits.device) < nb)
+    candidate = top_lp / float(t + 1) ** length_penalty
+    candidate = candidate + (state.is_done.all(-1, keepdim=True) & (early_stopping is True)).float() * NEG
+    candidate = candidate + (~state.improvable).float() * NEG + (~just_done).float() * NEG
+    merged = torch.cat([state.done_scores, candidate], 1).topk(nb).indices         # (B, nb) of 2 * ...
+    done_tokens = _gather(torch.cat([state.done_tokens, top_tokens], 1), merged)
+    done_scores = _gather(torch.cat([state.done_scores, candidate], 1), merged)
+    done_lengths = _gather(torch.cat([state.done_lengths, torch.full_like(top_lp, t + 1, dtype=torch.long)], 1), merged)
+    is_done = _gather(torch.cat([state.is_done, just_done], 1), merged)
+
+    rows = (torch.arange(B, device=parent.device)[:, None] * nb + parent).flatten()
+    cache = kv.reorder(state.cache, rows)
+    logits, cache = forward(params, tokens[:, :, t].reshape(B * nb, 1), cache, cfg=cfg, attention=attention)
+
+    best_len = max_new if early_stopping == "never" and length_penalty > 0 else t + 1
+    best_possible = scores[:, :1] / float(best_len) ** length_penalty
+    worst_done = torch.where(is_done, done_scores.min(1, keepdim=True).values, NEG)
+    improvable = state.improvable & (best_possible > worst_done).any(-1, keepdim=True)
+    unfinished = improvable.any() & ~(is_done.all() & (early_stopping is True)) & ~hits.all()
+    new = BeamState(cache=cache, tokens=tokens, scores=scores, logits=logits[:, -1], done_tokens=done_tokens,
+                    done_scores=done_scores, done_lengths=done_lengths, is_done=is_done, improvable=improvable)
+    return new, unfinished

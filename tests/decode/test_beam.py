@@ -1,0 +1,89 @@
+"""Beam search returns the same sequences and scores as Hugging Face transformers' generate(num_beams=...)."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import llamafn as lf
+from llamafn.checkpoint import save_hf
+from llamafn.config import ModelConfig
+from llamafn.decode import beam_search
+from llamafn.errors import InputError
+from tests.conftest import shared_file
+from tests.strategies import configs, seeds
+
+transformers = pytest.importorskip("transformers")
+
+EOS = 3
+
+
+def hf_beams(model, prompt, n, eos=EOS, **kwargs):
+    """transformers' best hypotheses for one prompt: (new tokens cut at the first EOS, score)."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=eos,
+                             pad_token_id=eos, return_dict_in_generate=True, output_scores=True, **kwargs)
+    rows = []
+    for seq, score in zip(out.sequences.tolist(), out.sequences_scores.tolist()):
+        new = seq[len(prompt):]
+        rows.append((new[:new.index(eos)] if eos in new else new, score))
+    return rows
+
+
+def assert_same(ours, theirs):
+    assert [t for t, _ in ours] == [t for t, _ in theirs]
+    assert [s for _, s in ours] == pytest.approx([s for _, s in theirs], abs=2e-4)
+
+
+@pytest.fixture(scope="module")
+def random_pair(tmp_path_factory):
+    cfg = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, hidden_dim=48, max_seq_len=128)
+    params = lf.init_params(cfg, generator=torch.Generator().manual_seed(3))
+    params = {k: v * (3.0 if "tok_emb" not in k and v.dim() == 2 else 1.0) for k, v in params.items()}
+    path = save_hf(tmp_path_factory.mktemp("hf") / "m", params, cfg)
+    return params, cfg, transformers.LlamaForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("early_stopping", [True, False, "never"])
+@pytest.mark.parametrize("length_penalty", [0.5, 1.0, 2.0])
+def test_beam_search_matches_transformers(random_pair, early_stopping, length_penalty):
+    params, cfg, model = random_pair
+    prompts = [[1, 5, 6, 7], [1, 9], [2, 4, 4, 8, 10, 12]]
+    kwargs = dict(num_beams=4, num_return_sequences=3, early_stopping=early_stopping, length_penalty=length_penalty)
+    ours = beam_search(params, cfg, prompts, 10, stop_tokens=[EOS], **kwargs)      # one ragged batch
+    for prompt, row in zip(prompts, ours):
+        assert_same(row, hf_beams(model, prompt, 10, **kwargs))
+
+
+def test_stories260k_beam_search_matches_transformers(tmp_path, stories260k):
+    params, cfg, _ = stories260k
+    model = transformers.LlamaForCausalLM.from_pretrained(save_hf(tmp_path / "hf", params, cfg)).eval()
+    for prompt in ([1], [1, 403, 407, 261]):
+        ours = beam_search(params, cfg, [prompt], 30, num_beams=3, num_return_sequences=2, stop_tokens=[2])[0]
+        assert_same(ours, hf_beams(model, prompt, 30, eos=2, num_beams=3, num_return_sequences=2))
+
+
+@given(configs(), seeds(), st.integers(1, 8))
+def test_one_beam_is_greedy(cfg, seed, n):
+    params = lf.init_params(cfg, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    prompts = [[1 % cfg.vocab_size, 2 % cfg.vocab_size], [0]]
+    assert [row[0][0] for row in beam_search(params, cfg, prompts, n, num_beams=1)] == lf.generate(params, cfg, prompts, n)
+
+
+def test_generate_with_beams_returns_each_prompts_best_in_turn(random_pair):
+    params, cfg, _ = random_pair
+    prompts = [[1, 5], [1, 9, 9]]
+    best = beam_search(params, cfg, prompts, 6, num_beams=3, num_return_sequences=2)
+    assert lf.generate(params, cfg, prompts, 6, num_beams=3, num_return_sequences=2) == \
+        [tokens for row in best for tokens, _ in row]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_beams=0), "num_beams >= 1"),
+    (dict(num_beams=2, num_return_sequences=3), "num_return_sequences <= num_beams"),
+    (dict(early_stopping="sometimes"), "early_stopping must be True, False or 'never'"),
+])
+def test_bad_beam_arguments(random_pair, kwargs, message):
+    params, cfg, _ = random_pair
+    with pytest.raises(InputError, match=message):
+        beam_search(params, cfg, [[1]], 4, **kwargs)

@@ -81,6 +81,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.speculative == "draft":
         draft_path = resolve_model(args.draft_model or "draft")
         draft = checkpoint.load(draft_path, dtype=dtype, device=device)
+    if args.beams > 1:
+        best = generate(params, cfg, [prompt], max_new, num_beams=args.beams, num_beam_groups=args.diverse_groups,
+                        diversity_penalty=args.diversity_penalty, stop_tokens=tok.stop_tokens, attention=args.attention)
+        print(args.prompt + tok.decode(prompt + best[0])[len(tok.decode(prompt)):])
+        return 0
     decoder = tok.stream_decoder(prompt)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
@@ -160,6 +165,9 @@ def parser() -> argparse.ArgumentParser:
                    help="speculative decoding with a draft model or by prompt lookup (same output distribution)")
     g.add_argument("--draft-model", help="the draft checkpoint for --speculative draft (default: the shipped draft)")
     g.add_argument("--k", type=int, default=4, help="tokens proposed per speculative step (default 4)")
+    g.add_argument("--beams", type=int, default=1, help="beam search with this many beams (prints the best)")
+    g.add_argument("--diverse-groups", type=int, default=1, help="diverse beam search: groups of beams")
+    g.add_argument("--diversity-penalty", type=float, default=1.0, help="diverse beam search's penalty (default 1)")
     g.set_defaults(run=cmd_generate)
 
     i = sub.add_parser("info", help="print a checkpoint's config, parameter count and size")

@@ -9,6 +9,10 @@ after each step with `cache.reorder`, never recomputed.
 
 Rows of a batch are independent searches over B * num_beams cache rows; ragged prompts need nothing
 special because positions come from the cache.
+
+Diverse beam search (Vijayakumar et al. 2016) splits the beams into groups, each a beam search of its
+own (`fork`), stepped in turn; a group's log-probabilities are first lowered by `diversity_penalty`
+times the number of earlier groups' beams that chose each token at the same step.
 """
 
 from __future__ import annotations
@@ -67,13 +71,18 @@ def init(params: Params, prompts: torch.Tensor, prompt_lengths: torch.Tensor, ca
 
 
 def step(params: Params, state: BeamState, t: int, stop_tokens: torch.Tensor, *, cfg: ModelConfig,
-         length_penalty: float = 1.0, early_stopping: bool | str = False,
+         length_penalty: float = 1.0, early_stopping: bool | str = False, penalty: torch.Tensor | None = None,
          attention: str = "sdpa") -> tuple[BeamState, torch.Tensor]:
-    """Choose generated token t (0-based) of every hypothesis; -> (new state, unfinished (bool scalar))."""
+    """Choose generated token t (0-based) of every hypothesis; -> (new state, unfinished (bool scalar)).
+    `penalty` (B, V), if given, is subtracted from every beam's log-probabilities first (diverse beam
+    search); the beams' scores accumulate the penalised values, as in transformers."""
     B, nb, max_new = state.tokens.shape
     V = state.logits.shape[-1]
     K = max(2, 1 + stop_tokens.numel()) * nb
-    log_probs = F.log_softmax(state.logits.float(), -1).view(B, nb, V) + state.scores[..., None]
+    log_probs = F.log_softmax(state.logits.float(), -1).view(B, nb, V)
+    if penalty is not None:
+        log_probs = log_probs - penalty[:, None, :]
+    log_probs = log_probs + state.scores[..., None]
     top_lp, top_idx = log_probs.view(B, nb * V).topk(K)                           # (B, K)
     source, token = top_idx // V, top_idx % V
     top_tokens = _gather(state.tokens, source)                                      # (B, K, max_new)
@@ -106,3 +115,18 @@ def step(params: Params, state: BeamState, t: int, stop_tokens: torch.Tensor, *,
     new = BeamState(cache=cache, tokens=tokens, scores=scores, logits=logits[:, -1], done_tokens=done_tokens,
                     done_scores=done_scores, done_lengths=done_lengths, is_done=is_done, improvable=improvable)
     return new, unfinished
+
+
+def fork(state: BeamState) -> BeamState:
+    """An independent copy (its own cache storage), for another group of diverse beam search."""
+    rows = torch.arange(state.logits.shape[0], device=state.logits.device)
+    return state._replace(cache=kv.reorder(state.cache, rows))
+
+
+def diversity_penalty(groups: list[BeamState], t: int, strength: float, vocab_size: int) -> torch.Tensor:
+    """Hamming diversity (Vijayakumar et al. 2016, "Diverse Beam Search"): (B, V) strength times how many
+    running beams of the groups given chose each token at step t."""
+    chosen = torch.cat([g.tokens[:, :, t] for g in groups], 1)                   # (B, n)
+    counts = torch.zeros(chosen.shape[0], vocab_size, device=chosen.device).scatter_add_(
+        1, chosen, torch.ones_like(chosen, dtype=torch.float))
+    return strength * counts

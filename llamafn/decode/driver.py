@@ -130,7 +130,8 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
              sync_every: int = 8, compile: bool = False, cache_len: int | None = None,
              speculative: str | None = None, draft: tuple[Params, ModelConfig] | None = None,
              k: int = 4, num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
-             num_return_sequences: int = 1) -> list[list[int]]:
+             num_return_sequences: int = 1, num_beam_groups: int = 1,
+             diversity_penalty: float = 0.0) -> list[list[int]]:
     """Generate up to `max_new_tokens` for each prompt (token-id lists, ragged); return the new tokens
     of each row, without the stop token. Greedy at temperature 0 (the default). `on_token(row, id)` is
     called for every token as it reaches the host. See `stream` for the arguments. With `num_beams` > 1
@@ -138,7 +139,8 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     if num_beams > 1:
         beams = beam_search(params, cfg, prompts, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
                             early_stopping=early_stopping, num_return_sequences=num_return_sequences,
-                            stop_tokens=stop_tokens, attention=attention)
+                            stop_tokens=stop_tokens, num_beam_groups=num_beam_groups,
+                            diversity_penalty=diversity_penalty, attention=attention)
         out = [tokens for row in beams for tokens, _ in row]
         if on_token is not None:
             for row, tokens in enumerate(out):
@@ -233,15 +235,19 @@ def _speculative(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[in
 
 def beam_search(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128, *,
                 num_beams: int = 4, length_penalty: float = 1.0, early_stopping: bool | str = False,
-                num_return_sequences: int = 1, stop_tokens: Sequence[int] = (),
-                attention: str = "sdpa") -> list[list[tuple[list[int], float]]]:
+                num_return_sequences: int = 1, stop_tokens: Sequence[int] = (), num_beam_groups: int = 1,
+                diversity_penalty: float = 0.0, attention: str = "sdpa") -> list[list[tuple[list[int], float]]]:
     """Beam search over ragged prompts (llamafn.decode.beam, Hugging Face's semantics): for each prompt
     the best `num_return_sequences` hypotheses, best first, as (new tokens without the stop token,
-    score = sum of log-probabilities / length ** length_penalty)."""
+    score = sum of log-probabilities / length ** length_penalty). `num_beam_groups` > 1 is diverse beam
+    search: num_beams / num_beam_groups beams a group, `diversity_penalty` per earlier choice of a token."""
     check_prompts(prompts, cfg, max_new_tokens)
     if num_beams < 1 or not 1 <= num_return_sequences <= num_beams:
         raise InputError(f"need num_beams >= 1 and 1 <= num_return_sequences <= num_beams, "
                          f"got num_beams={num_beams}, num_return_sequences={num_return_sequences}")
+    if num_beam_groups < 1 or num_beams % num_beam_groups or diversity_penalty < 0:
+        raise InputError(f"num_beam_groups ({num_beam_groups}) must divide num_beams ({num_beams}) and "
+                         f"diversity_penalty ({diversity_penalty}) must be >= 0")
     if early_stopping not in (True, False, "never"):
         raise InputError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
     emb = params["tok_embeddings.weight"]
@@ -251,19 +257,28 @@ def beam_search(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int
     tokens = torch.tensor([list(p) + [p[-1]] * (T - len(p)) for p in prompts], dtype=torch.long, device=device)
     stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
     cache = init_cache(cfg, B, T + max_new_tokens, dtype=emb.dtype, device=device)
-    state = beam.init(params, tokens, torch.tensor(lengths, device=device), cache, num_beams, max_new_tokens,
-                      cfg=cfg, attention=attention)
+    first = beam.init(params, tokens, torch.tensor(lengths, device=device), cache, num_beams // num_beam_groups,
+                      max_new_tokens, cfg=cfg, attention=attention)
+    groups = [first] + [beam.fork(first) for _ in range(num_beam_groups - 1)]
     for t in range(max_new_tokens):
-        state, unfinished = beam.step(params, state, t, stops, cfg=cfg, length_penalty=length_penalty,
-                                      early_stopping=early_stopping, attention=attention)
-        if not bool(unfinished):                                           # the driver's one sync a step
+        unfinished = False
+        for g in range(num_beam_groups):
+            penalty = beam.diversity_penalty(groups[:g], t, diversity_penalty, cfg.vocab_size) if g else None
+            groups[g], more = beam.step(params, groups[g], t, stops, cfg=cfg, length_penalty=length_penalty,
+                                        early_stopping=early_stopping, penalty=penalty, attention=attention)
+            unfinished = unfinished or bool(more)                          # the driver's one sync a group step
+        if not unfinished:
             break
+    done_tokens = torch.cat([g.done_tokens for g in groups], 1)
+    done_lengths = torch.cat([g.done_lengths for g in groups], 1)
+    done_scores = torch.cat([g.done_scores for g in groups], 1)
+    order = done_scores.sort(dim=1, descending=True, stable=True).indices[:, :num_return_sequences]
     stop_set, results = set(stop_tokens), []
-    for b, (toks, lens, scores) in enumerate(zip(state.done_tokens.tolist(), state.done_lengths.tolist(),
-                                                 state.done_scores.tolist())):
+    for toks, lens, scores in zip(done_tokens.gather(1, order[..., None].expand(-1, -1, max_new_tokens)).tolist(),
+                                  done_lengths.gather(1, order).tolist(), done_scores.gather(1, order).tolist()):
         row = []
-        for i in range(num_return_sequences):
-            seq = toks[i][:lens[i]]
-            row.append((seq[:-1] if seq and seq[-1] in stop_set else seq, scores[i]))
+        for seq, n, score in zip(toks, lens, scores):
+            seq = seq[:n]
+            row.append((seq[:-1] if seq and seq[-1] in stop_set else seq, score))
         results.append(row)
     return results

@@ -87,3 +87,36 @@ def test_bad_beam_arguments(random_pair, kwargs, message):
     params, cfg, _ = random_pair
     with pytest.raises(InputError, match=message):
         beam_search(params, cfg, [[1]], 4, **kwargs)
+
+
+@given(configs(), seeds(), st.sampled_from([(4, 2), (6, 3), (4, 4)]), st.integers(2, 7))
+def test_diverse_beams_with_no_penalty_are_independent_searches_of_width_b_over_g(cfg, seed, shape, n):
+    beams, groups = shape
+    params = lf.init_params(cfg, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    prompts = [[1 % cfg.vocab_size], [2 % cfg.vocab_size, 0]]
+    diverse = beam_search(params, cfg, prompts, n, num_beams=beams, num_beam_groups=groups, diversity_penalty=0.0,
+                          num_return_sequences=beams)
+    alone = beam_search(params, cfg, prompts, n, num_beams=beams // groups, num_return_sequences=beams // groups)
+    for d, a in zip(diverse, alone):                     # every group found exactly the standalone hypotheses
+        expected = sorted(a * groups, key=lambda h: -h[1])
+        assert [s for _, s in d] == pytest.approx([s for _, s in expected])
+        assert sorted(map(tuple, (t for t, _ in d))) == sorted(map(tuple, (t for t, _ in expected)))
+
+
+@given(configs(), seeds(), st.integers(2, 3), st.integers(2, 8))
+def test_a_large_diversity_penalty_makes_the_groups_choose_different_tokens_at_every_step(cfg, seed, groups, n):
+    params = lf.init_params(cfg, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    out = beam_search(params, cfg, [[1 % cfg.vocab_size]], n, num_beams=groups, num_beam_groups=groups,
+                      diversity_penalty=1e4, num_return_sequences=groups)[0]
+    seqs = [t for t, _ in out]                           # one beam a group, no stop token: full length
+    assert all(len(s) == n for s in seqs)
+    for step in range(n):
+        assert len({s[step] for s in seqs}) == groups
+
+
+def test_group_and_penalty_arguments_are_checked(random_pair):
+    params, cfg, _ = random_pair
+    with pytest.raises(InputError, match="must divide num_beams"):
+        beam_search(params, cfg, [[1]], 4, num_beams=4, num_beam_groups=3)
+    with pytest.raises(InputError, match="diversity_penalty .* must be >= 0"):
+        beam_search(params, cfg, [[1]], 4, num_beams=4, num_beam_groups=2, diversity_penalty=-1.0)

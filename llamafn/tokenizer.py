@@ -156,6 +156,26 @@ class Tokenizer:
             ids += self.encode(f"[INST] {user['content'].strip()} [/INST] {answer['content'].strip()} ", eos=True)
         return ids + self.encode(f"[INST] {msgs[-1]['content'].strip()} [/INST]")
 
+    def token_bytes(self) -> tuple[list[bytes], list[int]]:
+        """Each id's bytes (what it contributes to the decoded text) and the ids of special tokens
+        (BOS/EOS/control pieces; Llama 3's <|...|> tokens), for grammar engines."""
+        if self.kind == "tiktoken":
+            n = self.vocab_size - len(self.special_ids)
+            specials = sorted(self.special_ids.values())
+            names = {i: s.encode() for s, i in self.special_ids.items()}
+            return [self._tt.decode_single_token_bytes(i) if i < n else names[i] for i in range(self.vocab_size)], specials
+        sp, out, specials = self._sp, [], []
+        for i in range(self.vocab_size):
+            piece = sp.id_to_piece(i)
+            if sp.is_byte(i):
+                out.append(bytes([int(piece[3:-1], 16)]))
+            elif sp.is_control(i) or sp.is_unknown(i):
+                out.append(b"")
+                specials.append(i)
+            else:
+                out.append(piece.replace("\u2581", " ").encode("utf-8"))
+        return out, specials
+
     def stream_decoder(self, context: Sequence[int] = ()) -> "StreamDecoder":
         return StreamDecoder(self, context)
 

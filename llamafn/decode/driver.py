@@ -22,6 +22,7 @@ from ..model import transformer
 from ..sampling import SamplingParams, draw_noise, sampling_params
 from . import sample
 from . import beam
+from .constrained import Constraint
 from . import speculative as spec
 
 
@@ -51,7 +52,8 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
            stop_tokens: Sequence[int] = (), generator: torch.Generator | None = None,
            attention: str = "sdpa", sync_every: int = 8, compile: bool = False,
            cache_len: int | None = None, speculative: str | None = None,
-           draft: tuple[Params, ModelConfig] | None = None, k: int = 4) -> Iterator[list[list[int]]]:
+           draft: tuple[Params, ModelConfig] | None = None, k: int = 4,
+           constraints: Sequence[Constraint] = ()) -> Iterator[list[list[int]]]:
     """Yield, every `sync_every` steps, the new tokens of each row (a list per row, possibly empty).
 
     Sampling settings are scalars or one value per row (see llamafn.sampling). A row stops after its
@@ -65,6 +67,9 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
     (prompt lookup, no second model) proposes `k` tokens a step and verifies them in one target
     forward (llamafn.decode.speculative); the output is distributed exactly as without it. It syncs
     once a step (to learn how many tokens each row accepted), so `sync_every` does not apply.
+
+    `constraints` (llamafn.decode.constrained: TokenSets, Grammar) mask each step's logits to the tokens
+    they allow; they need the chosen tokens back, so such a run syncs every step and is not compiled.
     """
     check_prompts(prompts, cfg, max_new_tokens)
     if sync_every < 1:
@@ -75,6 +80,12 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
                          repetition_penalty=repetition_penalty, device=device)
     all_greedy = bool((sp.temperature == 0).all())
     stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
+    if constraints and (compile or speculative is not None):
+        raise InputError("constraints work with plain decoding only (not with compile or speculative)")
+    if constraints:
+        sync_every = 1
+        for c in constraints:
+            c.begin(prompts)
     if speculative is not None:
         yield from _speculative(params, cfg, prompts, max_new_tokens, sp, stops, generator, attention,
                                 speculative, draft, k)
@@ -96,13 +107,27 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
     def noise() -> torch.Tensor:
         return ones if all_greedy else draw_noise((B, cfg.vocab_size), generator, device)
 
+    stop_set, done = set(stop_tokens), [False] * B
+
+    def mask() -> torch.Tensor | None:
+        """The constraints' joint mask of next tokens, or None; a live row with no token left is an error."""
+        if not constraints:
+            return None
+        allowed = constraints[0].mask()
+        for c in constraints[1:]:
+            allowed = allowed & c.mask()
+        for row in range(B):
+            if not done[row] and not bool(allowed[row].any()):
+                raise InputError(f"row {row}: no token satisfies the constraints (they cannot be met)")
+        return allowed.to(device)
+
     tok, state = prefill(params, tokens, torch.tensor(lengths, device=device), cache, sp, noise(), stops,
-                         cfg=cfg, attention=attention, all_greedy=all_greedy)
-    stop_set, pending, done = set(stop_tokens), [tok], [False] * B
+                         cfg=cfg, attention=attention, all_greedy=all_greedy, mask=mask())
+    pending = [tok]
     for n in range(1, max_new_tokens + 1):
         if len(pending) == sync_every or n == max_new_tokens:
             chunk = torch.stack(pending, dim=1).tolist()                   # (B, n_pending): the one sync
-            pending = []
+            pending, done_before = [], list(done)
             out = [[] for _ in range(B)]
             for row, toks in enumerate(chunk):
                 for t in toks:
@@ -115,9 +140,12 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
             yield out
             if all(done) or n == max_new_tokens:
                 return
+            for c in constraints:                                           # sync_every is 1 here
+                c.advance([toks[-1] if not was_done else None for toks, was_done in zip(chunk, done_before)])
         if compile:
             torch.compiler.cudagraph_mark_step_begin()
-        tok, state = step(params, state, sp, noise(), stops, cfg=cfg, attention=attention, all_greedy=all_greedy)
+        tok, state = step(params, state, sp, noise(), stops, cfg=cfg, attention=attention, all_greedy=all_greedy,
+                          mask=mask())
         if compile:
             state = sample.own(state)
         pending.append(state.last)
@@ -131,7 +159,7 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
              speculative: str | None = None, draft: tuple[Params, ModelConfig] | None = None,
              k: int = 4, num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
              num_return_sequences: int = 1, num_beam_groups: int = 1,
-             diversity_penalty: float = 0.0) -> list[list[int]]:
+             diversity_penalty: float = 0.0, constraints: Sequence[Constraint] = ()) -> list[list[int]]:
     """Generate up to `max_new_tokens` for each prompt (token-id lists, ragged); return the new tokens
     of each row, without the stop token. Greedy at temperature 0 (the default). `on_token(row, id)` is
     called for every token as it reaches the host. See `stream` for the arguments. With `num_beams` > 1
@@ -151,7 +179,7 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     for chunk in stream(params, cfg, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         min_p=min_p, repetition_penalty=repetition_penalty, stop_tokens=stop_tokens,
                         generator=generator, attention=attention, sync_every=sync_every, compile=compile,
-                        cache_len=cache_len, speculative=speculative, draft=draft, k=k):
+                        cache_len=cache_len, speculative=speculative, draft=draft, k=k, constraints=constraints):
         for row, toks in enumerate(chunk):
             results[row].extend(toks)
             if on_token is not None:

@@ -27,8 +27,11 @@ class SampleState(NamedTuple):
 
 
 def _emit(logits: torch.Tensor, cache: KVCache, state: SampleState, sp: SamplingParams, noise: torch.Tensor,
-          stop_tokens: torch.Tensor, all_greedy: bool) -> tuple[torch.Tensor, SampleState]:
-    """Pick the next token of every row from logits (B, V) and fold it and `cache` into a new state."""
+          stop_tokens: torch.Tensor, all_greedy: bool, mask: torch.Tensor | None) -> tuple[torch.Tensor, SampleState]:
+    """Pick the next token of every row from logits (B, V) (only where `mask` (B, V) allows, if given)
+    and fold it and `cache` into a new state."""
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
     token = greedy(logits, sp, state.seen) if all_greedy else sample(logits, sp, noise, state.seen)  # (B,)
     token = torch.where(state.finished, state.last, token)                # finished rows repeat themselves
     finished = state.finished | torch.isin(token, stop_tokens)
@@ -38,11 +41,13 @@ def _emit(logits: torch.Tensor, cache: KVCache, state: SampleState, sp: Sampling
 
 def prefill(params: Params, prompts: torch.Tensor, prompt_lengths: torch.Tensor, cache: KVCache,
             sp: SamplingParams, noise: torch.Tensor, stop_tokens: torch.Tensor, *, cfg: ModelConfig,
-            attention: str = "sdpa", all_greedy: bool = False) -> tuple[torch.Tensor, SampleState]:
+            attention: str = "sdpa", all_greedy: bool = False,
+            mask: torch.Tensor | None = None) -> tuple[torch.Tensor, SampleState]:
     """prompts (B, T) right-padded, prompt_lengths (B,) >= 1 -> first new tokens (B,), state.
 
     The padding is written to the cache too, then dropped by truncating each row to its own length.
     `all_greedy` (a compile-time constant) skips the sampling warpers when every row is at temperature 0.
+    `mask` (B, V) bool, if given, limits the tokens each row may take (constrained decoding).
     """
     B, T = prompts.shape
     start = cache.lengths
@@ -54,14 +59,15 @@ def prefill(params: Params, prompts: torch.Tensor, prompt_lengths: torch.Tensor,
     seen = seen.scatter(1, torch.where(valid, prompts, prompts[:, :1]), True)
     state = SampleState(cache=cache, last=prompts[:, 0], seen=seen,
                         finished=torch.zeros(B, dtype=torch.bool, device=prompts.device))
-    return _emit(last_logits, cache, state, sp, noise, stop_tokens, all_greedy)
+    return _emit(last_logits, cache, state, sp, noise, stop_tokens, all_greedy, mask)
 
 
 def step(params: Params, state: SampleState, sp: SamplingParams, noise: torch.Tensor, stop_tokens: torch.Tensor,
-         *, cfg: ModelConfig, attention: str = "sdpa", all_greedy: bool = False) -> tuple[torch.Tensor, SampleState]:
+         *, cfg: ModelConfig, attention: str = "sdpa", all_greedy: bool = False,
+         mask: torch.Tensor | None = None) -> tuple[torch.Tensor, SampleState]:
     """One token per row: feed state.last, return the next tokens (B,) and the new state."""
     logits, cache = forward(params, state.last[:, None], state.cache, cfg=cfg, attention=attention)
-    return _emit(logits[:, -1], cache, state, sp, noise, stop_tokens, all_greedy)
+    return _emit(logits[:, -1], cache, state, sp, noise, stop_tokens, all_greedy, mask)
 
 
 def own(state: SampleState) -> SampleState:

@@ -81,6 +81,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.speculative == "draft":
         draft_path = resolve_model(args.draft_model or "draft")
         draft = checkpoint.load(draft_path, dtype=dtype, device=device)
+    constraints = []
+    if args.json_schema or args.regex:
+        from .decode.constrained import Grammar
+
+        schema = None
+        if args.json_schema:
+            try:
+                schema = Path(args.json_schema).read_text(encoding="utf-8")
+            except OSError as e:
+                raise InputError(f"--json-schema {args.json_schema}: cannot read it ({e.strerror})") from None
+        constraints.append(Grammar(tok, json_schema=schema, regex=args.regex))
     if args.beams > 1:
         best = generate(params, cfg, [prompt], max_new, num_beams=args.beams, num_beam_groups=args.diverse_groups,
                         diversity_penalty=args.diversity_penalty, stop_tokens=tok.stop_tokens, attention=args.attention)
@@ -97,7 +108,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     generate(params, cfg, [prompt], max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
              min_p=args.min_p, repetition_penalty=args.repetition_penalty, stop_tokens=tok.stop_tokens,
              generator=generator, on_token=on_token, attention=args.attention, sync_every=1, compile=args.compile,
-             speculative=args.speculative, draft=draft, k=args.k)
+             speculative=args.speculative, draft=draft, k=args.k, constraints=constraints)
     sys.stdout.write(decoder.flush() + "\n")
     return 0
 
@@ -165,6 +176,8 @@ def parser() -> argparse.ArgumentParser:
                    help="speculative decoding with a draft model or by prompt lookup (same output distribution)")
     g.add_argument("--draft-model", help="the draft checkpoint for --speculative draft (default: the shipped draft)")
     g.add_argument("--k", type=int, default=4, help="tokens proposed per speculative step (default 4)")
+    g.add_argument("--json-schema", help="a JSON Schema file the output must follow (compact JSON)")
+    g.add_argument("--regex", help="a regular expression the output must match in full")
     g.add_argument("--beams", type=int, default=1, help="beam search with this many beams (prints the best)")
     g.add_argument("--diverse-groups", type=int, default=1, help="diverse beam search: groups of beams")
     g.add_argument("--diversity-penalty", type=float, default=1.0, help="diverse beam search's penalty (default 1)")

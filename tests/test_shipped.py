@@ -76,3 +76,20 @@ def test_cli_speculative_decoding_gives_the_same_greedy_text(capsys):
     for extra in (["--speculative", "draft", "--k", "3"], ["--speculative", "lookup"]):
         assert main(args + extra) == 0
         assert capsys.readouterr().out == plain
+
+
+def test_cli_constraints_and_beams(tmp_path, capsys):
+    import json
+    import re
+
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "additionalProperties": False, "required": ["name", "line"],
+                                  "properties": {"name": {"type": "string", "maxLength": 12},
+                                                 "line": {"type": "integer", "minimum": 0, "maximum": 999}}}))
+    assert main(["generate", "--json-schema", str(schema), "--seed", "1", "--max-new-tokens", "60", "cfg = "]) == 0
+    value = json.loads(capsys.readouterr().out[len("cfg = "):])
+    assert set(value) == {"name", "line"} and isinstance(value["line"], int)
+    assert main(["generate", "--regex", r"def [a-z_]{3,12}\(self\):", "--seed", "0", "--max-new-tokens", "30", "    "]) == 0
+    assert re.fullmatch(r"    def [a-z_]{3,12}\(self\):\n", capsys.readouterr().out)
+    assert main(["generate", "--beams", "3", "--max-new-tokens", "12", "import"]) == 0
+    assert capsys.readouterr().out.startswith("import")

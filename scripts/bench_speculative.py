@@ -1,0 +1,7 @@
+"""Speculative decoding benchmark (see llamafn/bench/speculative.py)."""
+
+import sys
+
+from llamafn.bench.speculative import main
+
+sys.exit(main())

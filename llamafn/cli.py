@@ -93,6 +93,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 raise InputError(f"--json-schema {args.json_schema}: cannot read it ({e.strerror})") from None
         constraints.append(Grammar(tok, json_schema=schema, regex=args.regex))
     if args.beams > 1:
+        if constraints or args.speculative or args.compile:
+            raise InputError("--beams runs alone: not with --json-schema, --regex, --speculative or --compile")
         best = generate(params, cfg, [prompt], max_new, num_beams=args.beams, num_beam_groups=args.diverse_groups,
                         diversity_penalty=args.diversity_penalty, stop_tokens=tok.stop_tokens, attention=args.attention)
         print(args.prompt + tok.decode(prompt + best[0])[len(tok.decode(prompt)):])
@@ -146,9 +148,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import decode
+    from .bench import decode, speculative
 
-    return decode.main(args.args)
+    return {"decode": decode, "speculative": speculative}[args.name].main(args.args)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -197,7 +199,7 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(run=cmd_convert)
 
     b = sub.add_parser("bench", help="GPU benchmarks: `llamafn bench decode --help`")
-    b.add_argument("name", choices=("decode",))
+    b.add_argument("name", choices=("decode", "speculative"))
     b.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
     b.set_defaults(run=cmd_bench)
     return p

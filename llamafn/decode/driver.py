@@ -165,6 +165,10 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     called for every token as it reaches the host. See `stream` for the arguments. With `num_beams` > 1
     it is beam search (`beam_search`), returning each prompt's best `num_return_sequences` in turn."""
     if num_beams > 1:
+        if constraints or speculative is not None or compile or any(
+                t > 0 for t in torch.as_tensor(temperature, dtype=torch.float32).flatten().tolist()):
+            raise InputError("beam search (num_beams > 1) is deterministic and runs alone: no temperature, "
+                             "constraints, speculative or compile with it")
         beams = beam_search(params, cfg, prompts, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
                             early_stopping=early_stopping, num_return_sequences=num_return_sequences,
                             stop_tokens=stop_tokens, num_beam_groups=num_beam_groups,

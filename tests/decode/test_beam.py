@@ -120,3 +120,10 @@ def test_group_and_penalty_arguments_are_checked(random_pair):
         beam_search(params, cfg, [[1]], 4, num_beams=4, num_beam_groups=3)
     with pytest.raises(InputError, match="diversity_penalty .* must be >= 0"):
         beam_search(params, cfg, [[1]], 4, num_beams=4, num_beam_groups=2, diversity_penalty=-1.0)
+
+
+def test_beams_refuse_settings_they_would_ignore(random_pair):
+    params, cfg, _ = random_pair
+    for kwargs in (dict(temperature=0.7), dict(speculative="lookup"), dict(compile=True)):
+        with pytest.raises(InputError, match="beam search .* runs alone"):
+            lf.generate(params, cfg, [[1]], 4, num_beams=2, **kwargs)

@@ -17,16 +17,18 @@ times the number of earlier groups' beams that chose each token at the same step
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .. import cache as kv
-from ..cache import KVCache
+from ..cache import KVCache, init_cache
 from ..config import ModelConfig
+from ..errors import InputError
 from ..model import forward, lm_head, transformer
 from ..params import Params
+from .sample import check_prompts, pad_right
 
 NEG = -1.0e9
 
@@ -123,10 +125,59 @@ def fork(state: BeamState) -> BeamState:
     return state._replace(cache=kv.reorder(state.cache, rows))
 
 
-def diversity_penalty(groups: list[BeamState], t: int, strength: float, vocab_size: int) -> torch.Tensor:
+def hamming_penalty(groups: list[BeamState], t: int, strength: float, vocab_size: int) -> torch.Tensor:
     """Hamming diversity (Vijayakumar et al. 2016, "Diverse Beam Search"): (B, V) strength times how many
     running beams of the groups given chose each token at step t."""
     chosen = torch.cat([g.tokens[:, :, t] for g in groups], 1)                   # (B, n)
     counts = torch.zeros(chosen.shape[0], vocab_size, device=chosen.device).scatter_add_(
         1, chosen, torch.ones_like(chosen, dtype=torch.float))
     return strength * counts
+
+
+def beam_search(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128, *,
+                num_beams: int = 4, length_penalty: float = 1.0, early_stopping: bool | str = False,
+                num_return_sequences: int = 1, stop_tokens: Sequence[int] = (), num_beam_groups: int = 1,
+                diversity_penalty: float = 0.0, attention: str = "sdpa") -> list[list[tuple[list[int], float]]]:
+    """The beam search driver over ragged prompts (Hugging Face's semantics, see the module doc): for each prompt
+    the best `num_return_sequences` hypotheses, best first, as (new tokens without the stop token,
+    score = sum of log-probabilities / length ** length_penalty). `num_beam_groups` > 1 is diverse beam
+    search: num_beams / num_beam_groups beams a group, `diversity_penalty` per earlier choice of a token."""
+    check_prompts(prompts, cfg, max_new_tokens)
+    if num_beams < 1 or not 1 <= num_return_sequences <= num_beams:
+        raise InputError(f"need num_beams >= 1 and 1 <= num_return_sequences <= num_beams, "
+                         f"got num_beams={num_beams}, num_return_sequences={num_return_sequences}")
+    if num_beam_groups < 1 or num_beams % num_beam_groups or diversity_penalty < 0:
+        raise InputError(f"num_beam_groups ({num_beam_groups}) must divide num_beams ({num_beams}) and "
+                         f"diversity_penalty ({diversity_penalty}) must be >= 0")
+    if early_stopping not in (True, False, "never"):
+        raise InputError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    emb = params["tok_embeddings.weight"]
+    device, B = emb.device, len(prompts)
+    tokens, lengths = pad_right(prompts, max(len(p) for p in prompts), device)
+    stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
+    cache = init_cache(cfg, B, tokens.shape[1] + max_new_tokens, dtype=emb.dtype, device=device)
+    first = init(params, tokens, lengths, cache, num_beams // num_beam_groups,
+                      max_new_tokens, cfg=cfg, attention=attention)
+    groups = [first] + [fork(first) for _ in range(num_beam_groups - 1)]
+    for t in range(max_new_tokens):
+        unfinished = False
+        for g in range(num_beam_groups):
+            penalty = hamming_penalty(groups[:g], t, diversity_penalty, cfg.vocab_size) if g else None
+            groups[g], more = step(params, groups[g], t, stops, cfg=cfg, length_penalty=length_penalty,
+                                        early_stopping=early_stopping, penalty=penalty, attention=attention)
+            unfinished = unfinished or bool(more)                          # the driver's one sync a group step
+        if not unfinished:
+            break
+    done_tokens = torch.cat([g.done_tokens for g in groups], 1)
+    done_lengths = torch.cat([g.done_lengths for g in groups], 1)
+    done_scores = torch.cat([g.done_scores for g in groups], 1)
+    order = done_scores.sort(dim=1, descending=True, stable=True).indices[:, :num_return_sequences]
+    stop_set, results = set(stop_tokens), []
+    for toks, lens, scores in zip(done_tokens.gather(1, order[..., None].expand(-1, -1, max_new_tokens)).tolist(),
+                                  done_lengths.gather(1, order).tolist(), done_scores.gather(1, order).tolist()):
+        row = []
+        for seq, n, score in zip(toks, lens, scores):
+            seq = seq[:n]
+            row.append((seq[:-1] if seq and seq[-1] in stop_set else seq, score))
+        results.append(row)
+    return results

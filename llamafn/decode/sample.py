@@ -7,16 +7,44 @@ next. Both are free of host syncs; the driver (llamafn.decode.driver) owns stopp
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 
 from .. import cache as kv
 from ..cache import KVCache
 from ..config import ModelConfig
+from ..errors import InputError
 from ..model import forward, lm_head, transformer
 from ..params import Params
 from ..sampling import SamplingParams, greedy, sample
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, max_new_tokens: int) -> None:
+    """Raise InputError for an empty batch or prompt, an id outside [0, vocab), or a prompt that with
+    `max_new_tokens` does not fit the model's context."""
+    if isinstance(prompts, torch.Tensor) or not isinstance(prompts, Sequence) or not prompts:
+        raise InputError("prompts must be a non-empty list of token-id lists")
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    for row, prompt in enumerate(prompts):
+        if isinstance(prompt, (str, bytes)) or not isinstance(prompt, Sequence):
+            raise InputError(f"prompt {row}: expected a list of token ids, got {type(prompt).__name__}")
+        if len(prompt) == 0:
+            raise InputError(f"prompt {row} is empty; start it with the BOS token")
+        for i, t in enumerate(prompt):
+            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < cfg.vocab_size:
+                raise InputError(f"prompt {row}, position {i}: token id {t!r} is outside [0, {cfg.vocab_size})")
+        if len(prompt) + max_new_tokens > cfg.max_seq_len:
+            raise InputError(
+                f"prompt {row} has {len(prompt)} tokens; with max_new_tokens={max_new_tokens} that is "
+                f"{len(prompt) + max_new_tokens}, over the model's context of {cfg.max_seq_len} tokens")
+
+
+def pad_right(prompts: Sequence[Sequence[int]], length: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged prompts -> (B, length) int64 right-padded with each row's last token, and their lengths (B,)."""
+    tokens = torch.tensor([list(p) + [p[-1]] * (length - len(p)) for p in prompts], dtype=torch.long, device=device)
+    return tokens, torch.tensor([len(p) for p in prompts], device=device)
 
 
 class SampleState(NamedTuple):

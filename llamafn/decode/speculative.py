@@ -19,17 +19,19 @@ are `active` False neither emit nor advance.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .. import cache as kv
-from ..cache import KVCache
+from ..cache import KVCache, init_cache
 from ..config import ModelConfig
-from ..model import forward
+from ..errors import InputError
+from ..model import forward, transformer
 from ..params import Params
-from ..sampling import SamplingParams, process_logits
+from ..sampling import SamplingParams, draw_noise, process_logits
+from . import sample
 
 
 class SpecState(NamedTuple):
@@ -148,3 +150,76 @@ def step(params: Params, state: SpecState, sp: SamplingParams, noise: SpecNoise,
         drafts, q = propose_by_lookup(state.history, state.history_len, k, cfg.vocab_size)
         dcache = None
     return verify(params, state, drafts, q, dcache, sp, noise, active, cfg=cfg, attention=attention)
+
+
+def cut_row(tokens: list[int], row: int, done: list[bool], emitted: list[int], stop_set: set[int],
+         max_new_tokens: int) -> list[int]:
+    """The part of a row's new tokens the caller gets: up to its first stop token and its budget."""
+    out = []
+    for t in tokens:
+        if done[row] or emitted[row] >= max_new_tokens:
+            break
+        emitted[row] += 1
+        if t in stop_set:
+            done[row] = True
+        else:
+            out.append(t)
+    return out
+
+
+def run(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                 sp: SamplingParams, stops: torch.Tensor, generator: torch.Generator | None, attention: str,
+                 mode: str, draft: tuple[Params, ModelConfig] | None, k: int) -> Iterator[list[list[int]]]:
+    """The driver loop of speculative decoding (llamafn.decode.stream with `speculative=`): prefill, then
+    one step and one host sync a step, streaming each row's accepted tokens."""
+    if mode not in ("draft", "lookup"):
+        raise InputError(f"speculative must be 'draft' or 'lookup', got {mode!r}")
+    if not 1 <= k <= 16:
+        raise InputError(f"k (draft tokens a step) must be in 1..16, got {k}")
+    if mode == "draft":
+        if draft is None:
+            raise InputError("speculative='draft' needs draft=(params, cfg), a draft model")
+        if draft[1].vocab_size != cfg.vocab_size:
+            raise InputError(f"the draft model's vocabulary ({draft[1].vocab_size}) differs from the "
+                             f"target's ({cfg.vocab_size})")
+    if bool((sp.repetition_penalty != 1).any()):
+        raise InputError("repetition_penalty is not supported with speculative decoding")
+    device, B, V = stops.device, len(prompts), cfg.vocab_size
+    all_greedy = bool((sp.temperature == 0).all())
+    T = max(len(p) for p in prompts)
+    room = T + max_new_tokens + 2 * (k + 1)   # a row that overshot its budget by k still writes k+1 junk positions
+    tokens, lengths = sample.pad_right(prompts, T, device)
+
+    def exp_noise(*shape: int) -> torch.Tensor:
+        return torch.ones(*shape, device=device) if all_greedy else draw_noise(shape, generator, device)
+
+    cache = init_cache(cfg, B, room, dtype=params["tok_embeddings.weight"].dtype, device=device)
+    first, state = sample.prefill(params, tokens, lengths, cache, sp, exp_noise(B, V), stops, cfg=cfg,
+                                  attention=attention, all_greedy=all_greedy)
+    draft_params, draft_cfg, draft_cache = None, None, None
+    if mode == "draft":
+        draft_params, draft_cfg = draft
+        draft_cache = init_cache(draft_cfg, B, room, dtype=draft_params["tok_embeddings.weight"].dtype, device=device)
+        _, draft_cache = transformer(draft_params, tokens, draft_cache, cfg=draft_cfg, attention=attention)
+        draft_cache = kv.truncate(draft_cache, lengths)
+    history = torch.cat([tokens, torch.zeros(B, room - T, dtype=torch.long, device=device)], 1)
+    history = history.scatter(1, lengths[:, None], first[:, None])
+    spec_state = SpecState(cache=state.cache, draft_cache=draft_cache, last=first, history=history,
+                                history_len=lengths + 1)
+    stop_set, done, emitted = set(stops.tolist()), [False] * B, [0] * B
+    yield [cut_row([t], row, done, emitted, stop_set, max_new_tokens) for row, t in enumerate(first.tolist())]
+    while True:
+        active = [not done[b] and emitted[b] < max_new_tokens for b in range(B)]
+        if not any(active):
+            return
+        if all_greedy:
+            noise = SpecNoise(torch.ones(B, k, V, device=device), torch.zeros(B, k, device=device),
+                                   torch.ones(B, V, device=device))
+        else:
+            uniform = torch.rand(B, k, generator=generator, device=generator.device if generator else "cpu")
+            noise = SpecNoise(exp_noise(B, k, V), uniform.to(device), exp_noise(B, V))
+        out, counts, spec_state = step(params, spec_state, sp, noise, torch.tensor(active, device=device),
+                                            cfg=cfg, draft_params=draft_params, draft_cfg=draft_cfg,
+                                            attention=attention)
+        rows, counts = out.tolist(), counts.tolist()                       # the one sync a step
+        yield [cut_row(rows[b][:counts[b]], b, done, emitted, stop_set, max_new_tokens) for b in range(B)]

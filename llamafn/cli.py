@@ -92,11 +92,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
             except OSError as e:
                 raise InputError(f"--json-schema {args.json_schema}: cannot read it ({e.strerror})") from None
         constraints.append(Grammar(tok, json_schema=schema, regex=args.regex))
+    if args.force and args.beams < 2:
+        raise InputError("--force needs --beams N (N > 1): it is constrained beam search")
     if args.beams > 1:
         if constraints or args.speculative or args.compile:
             raise InputError("--beams runs alone: not with --json-schema, --regex, --speculative or --compile")
         best = generate(params, cfg, [prompt], max_new, num_beams=args.beams, num_beam_groups=args.diverse_groups,
-                        diversity_penalty=args.diversity_penalty, stop_tokens=tok.stop_tokens, attention=args.attention)
+                        diversity_penalty=args.diversity_penalty, stop_tokens=tok.stop_tokens, attention=args.attention,
+                        force_phrases=[tok.encode(text, bos=False) for text in args.force])
         print(args.prompt + tok.decode(prompt + best[0])[len(tok.decode(prompt)):])
         return 0
     decoder = tok.stream_decoder(prompt)
@@ -181,6 +184,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--json-schema", help="a JSON Schema file the output must follow (compact JSON)")
     g.add_argument("--regex", help="a regular expression the output must match in full")
     g.add_argument("--beams", type=int, default=1, help="beam search with this many beams (prints the best)")
+    g.add_argument("--force", action="append", default=[], metavar="TEXT",
+                   help="a phrase the output must contain (repeatable; with --beams)")
     g.add_argument("--diverse-groups", type=int, default=1, help="diverse beam search: groups of beams")
     g.add_argument("--diversity-penalty", type=float, default=1.0, help="diverse beam search's penalty (default 1)")
     g.set_defaults(run=cmd_generate)

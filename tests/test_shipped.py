@@ -93,3 +93,5 @@ def test_cli_constraints_and_beams(tmp_path, capsys):
     assert re.fullmatch(r"    def [a-z_]{3,12}\(self\):\n", capsys.readouterr().out)
     assert main(["generate", "--beams", "3", "--max-new-tokens", "12", "import"]) == 0
     assert capsys.readouterr().out.startswith("import")
+    assert main(["generate", "--beams", "3", "--force", "return", "--max-new-tokens", "16", "def f(x):"]) == 0
+    assert "return" in capsys.readouterr().out

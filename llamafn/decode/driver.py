@@ -18,7 +18,7 @@ from ..config import ModelConfig
 from ..errors import InputError
 from ..params import Params
 from ..sampling import draw_noise, sampling_params
-from . import beam, sample
+from . import beam, forced, sample
 from . import speculative as spec
 from .constrained import Constraint
 
@@ -135,20 +135,30 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
              speculative: str | None = None, draft: tuple[Params, ModelConfig] | None = None,
              k: int = 4, num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
              num_return_sequences: int = 1, num_beam_groups: int = 1,
-             diversity_penalty: float = 0.0, constraints: Sequence[Constraint] = ()) -> list[list[int]]:
+             diversity_penalty: float = 0.0, constraints: Sequence[Constraint] = (),
+             force_phrases: Sequence[Sequence[int]] = ()) -> list[list[int]]:
     """Generate up to `max_new_tokens` for each prompt (token-id lists, ragged); return the new tokens
     of each row, without the stop token. Greedy at temperature 0 (the default). `on_token(row, id)` is
     called for every token as it reaches the host. See `stream` for the arguments. With `num_beams` > 1
-    it is beam search (`llamafn.decode.beam.beam_search`), returning each prompt's best `num_return_sequences` in turn."""
+    it is beam search (`llamafn.decode.beam.beam_search`), returning each prompt's best `num_return_sequences` in turn;
+    with `force_phrases` too, constrained beam search (`llamafn.decode.forced`)."""
+    if force_phrases and num_beams < 2:
+        raise InputError("force_phrases is constrained beam search: it needs num_beams > 1")
     if num_beams > 1:
         if constraints or speculative is not None or compile or any(
                 t > 0 for t in torch.as_tensor(temperature, dtype=torch.float32).flatten().tolist()):
             raise InputError("beam search (num_beams > 1) is deterministic and runs alone: no temperature, "
                              "constraints, speculative or compile with it")
-        beams = beam.beam_search(params, cfg, prompts, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
-                            early_stopping=early_stopping, num_return_sequences=num_return_sequences,
-                            stop_tokens=stop_tokens, num_beam_groups=num_beam_groups,
-                            diversity_penalty=diversity_penalty, attention=attention)
+        if force_phrases:
+            beams = forced.forced_beam_search(params, cfg, prompts, max_new_tokens, force_phrases, num_beams=num_beams,
+                                              length_penalty=length_penalty, num_return_sequences=num_return_sequences,
+                                              stop_tokens=stop_tokens, attention=attention)
+        else:
+            beams = beam.beam_search(params, cfg, prompts, max_new_tokens, num_beams=num_beams,
+                                     length_penalty=length_penalty, early_stopping=early_stopping,
+                                     num_return_sequences=num_return_sequences, stop_tokens=stop_tokens,
+                                     num_beam_groups=num_beam_groups, diversity_penalty=diversity_penalty,
+                                     attention=attention)
         out = [tokens for row in beams for tokens, _ in row]
         if on_token is not None:
             for row, tokens in enumerate(out):

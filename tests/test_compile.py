@@ -39,3 +39,16 @@ def test_compiled_sampling_equals_eager_sampling_on_a_random_gqa_model():
     eager = lf.generate(params, cfg, prompts, generator=torch.Generator().manual_seed(5), **kwargs)
     fast = lf.generate(params, cfg, prompts, generator=torch.Generator().manual_seed(5), compile=True, **kwargs)
     assert fast == eager
+
+
+def test_compiled_speculative_step_equals_eager():
+    cfg = ModelConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=40, hidden_dim=32, max_seq_len=96)
+    target = lf.init_params(cfg, generator=torch.Generator().manual_seed(0))
+    draft = lf.init_params(cfg, generator=torch.Generator().manual_seed(1))
+    prompts = [[1, 2, 3, 1, 2], [5]]
+    expected = lf.generate(target, cfg, prompts, 16)
+    for mode in ("draft", "lookup"):
+        assert lf.generate(target, cfg, prompts, 16, speculative=mode, draft=(draft, cfg), k=3, compile=True) == expected
+    kwargs = dict(temperature=0.9, top_p=0.9, speculative="draft", draft=(draft, cfg), k=3)
+    eager = lf.generate(target, cfg, prompts, 16, generator=torch.Generator().manual_seed(2), **kwargs)
+    assert lf.generate(target, cfg, prompts, 16, generator=torch.Generator().manual_seed(2), compile=True, **kwargs) == eager

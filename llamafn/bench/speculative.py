@@ -34,14 +34,15 @@ EDIT_PROMPT = (
 )
 
 
-def timed_run(params, cfg, tok, prompt: str, n: int, device: str, **kwargs) -> tuple[list[int], float, list[int]]:
+def timed_run(params, cfg, tok, prompt: str, n: int, device: str, compile: bool = False, **kwargs) -> tuple[list[int], float, list[int]]:
     """(tokens, seconds, tokens emitted by each step after the first)"""
     ids = tok.encode(prompt)
     steps, out = [], []
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t = time.perf_counter()
-    for chunk in stream(params, cfg, [ids], n, sync_every=8, **kwargs):
+    for chunk in stream(params, cfg, [ids], n, sync_every=8, compile=compile, cache_len=1024 if compile else None,
+                        **kwargs):
         out.extend(chunk[0])
         steps.append(len(chunk[0]))
     if device.startswith("cuda"):
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--ks", default="2,3,4,5,6,8")
+    ap.add_argument("--compile", action="store_true", help="compiled prefill/steps (CUDA graphs on a GPU) for both")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
@@ -68,17 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     draft = lf.load(cards_dir() / "stdlib-coder-draft", dtype=dtype, device=args.device)
     tok = lf.Tokenizer(cards_dir() / "stdlib-coder" / "tokenizer.model")
     card = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    results = {"benchmark": "speculative", "device": card, "torch": torch.__version__,
+    results = {"benchmark": "speculative", "device": card, "torch": torch.__version__, "compiled": args.compile,
                "command": "python scripts/bench_speculative.py " + " ".join(argv or sys.argv[1:]), "runs": []}
     n = args.new_tokens
     for p in PROMPTS[:1]:
-        timed_run(*target, tok, p, 8, args.device)                                   # warm-up
-    plain = [timed_run(*target, tok, p, n, args.device) for p in PROMPTS]
+        timed_run(*target, tok, p, 8, args.device, args.compile)                                   # warm-up
+    plain = [timed_run(*target, tok, p, n, args.device, args.compile) for p in PROMPTS]
     plain_tok_s = sum(len(o) for o, _, _ in plain) / sum(t for _, t, _ in plain)
     results["plain_tok_s"] = round(plain_tok_s, 1)
     print(f"plain decoding: {plain_tok_s:.1f} tok/s", flush=True)
     for k in map(int, args.ks.split(",")):
-        runs = [timed_run(*target, tok, p, n, args.device, speculative="draft", draft=draft, k=k) for p in PROMPTS]
+        timed_run(*target, tok, PROMPTS[0], 8, args.device, args.compile, speculative="draft", draft=draft, k=k)
+        runs = [timed_run(*target, tok, p, n, args.device, args.compile, speculative="draft", draft=draft, k=k) for p in PROMPTS]
         assert [o for o, _, _ in runs] == [o for o, _, _ in plain], "speculative output differs from plain greedy"
         tok_s = sum(len(o) for o, _, _ in runs) / sum(t for _, t, _ in runs)
         steps = [s for _, _, s in runs]
@@ -87,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
              "tokens_per_step": round(mean, 2), "acceptance_by_position": acceptance(steps, k)}
         results["runs"].append(r)
         print(r, flush=True)
-    edit_plain = timed_run(*target, tok, EDIT_PROMPT, n, args.device)
+    edit_plain = timed_run(*target, tok, EDIT_PROMPT, n, args.device, args.compile)
     for k in (4, 8):
-        out, t, steps = timed_run(*target, tok, EDIT_PROMPT, n, args.device, speculative="lookup", k=k)
+        timed_run(*target, tok, EDIT_PROMPT, 8, args.device, args.compile, speculative="lookup", k=k)
+        out, t, steps = timed_run(*target, tok, EDIT_PROMPT, n, args.device, args.compile, speculative="lookup", k=k)
         assert out == edit_plain[0]
         r = {"proposer": "lookup (code-editing prompt)", "k": k, "tok_s": round(len(out) / t, 1),
              "plain_tok_s": round(len(edit_plain[0]) / edit_plain[1], 1),

@@ -64,7 +64,7 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
             c.begin(prompts)
     if speculative is not None:
         yield from spec.run(params, cfg, prompts, max_new_tokens, sp, stops, generator, attention,
-                            speculative, draft, k)
+                            speculative, draft, k, compile=compile)
         return
     lengths = [len(p) for p in prompts]
     T = bucket(max(lengths)) if compile else max(lengths)

@@ -31,6 +31,7 @@ from ..errors import InputError
 from ..model import forward, transformer
 from ..params import Params
 from ..sampling import SamplingParams, draw_noise, process_logits
+from ..compile import compiled, mark_static, round_up
 from . import sample
 
 
@@ -152,6 +153,14 @@ def step(params: Params, state: SpecState, sp: SamplingParams, noise: SpecNoise,
     return verify(params, state, drafts, q, dcache, sp, noise, active, cfg=cfg, attention=attention)
 
 
+def own(state: SpecState) -> SpecState:
+    """Copies of the per-step tensors a CUDA-graph step returned (see llamafn.decode.sample.own)."""
+    def keep(c: KVCache | None) -> KVCache | None:
+        return None if c is None else KVCache(k=c.k, v=c.v, lengths=c.lengths.clone())
+    return SpecState(cache=keep(state.cache), draft_cache=keep(state.draft_cache), last=state.last.clone(),
+                     history=state.history.clone(), history_len=state.history_len.clone())
+
+
 def cut_row(tokens: list[int], row: int, done: list[bool], emitted: list[int], stop_set: set[int],
          max_new_tokens: int) -> list[int]:
     """The part of a row's new tokens the caller gets: up to its first stop token and its budget."""
@@ -168,10 +177,11 @@ def cut_row(tokens: list[int], row: int, done: list[bool], emitted: list[int], s
 
 
 def run(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                 sp: SamplingParams, stops: torch.Tensor, generator: torch.Generator | None, attention: str,
-                 mode: str, draft: tuple[Params, ModelConfig] | None, k: int) -> Iterator[list[list[int]]]:
+        sp: SamplingParams, stops: torch.Tensor, generator: torch.Generator | None, attention: str,
+        mode: str, draft: tuple[Params, ModelConfig] | None, k: int, compile: bool = False) -> Iterator[list[list[int]]]:
     """The driver loop of speculative decoding (llamafn.decode.stream with `speculative=`): prefill, then
-    one step and one host sync a step, streaming each row's accepted tokens."""
+    one step and one host sync a step, streaming each row's accepted tokens. `compile` runs the step as
+    a CUDA graph (llamafn.compile) over static weights and caches."""
     if mode not in ("draft", "lookup"):
         raise InputError(f"speculative must be 'draft' or 'lookup', got {mode!r}")
     if not 1 <= k <= 16:
@@ -188,6 +198,8 @@ def run(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_
     all_greedy = bool((sp.temperature == 0).all())
     T = max(len(p) for p in prompts)
     room = T + max_new_tokens + 2 * (k + 1)   # a row that overshot its budget by k still writes k+1 junk positions
+    if compile:
+        room = round_up(room, 256)            # nearby prompt lengths share one compiled step
     tokens, lengths = sample.pad_right(prompts, T, device)
 
     def exp_noise(*shape: int) -> torch.Tensor:
@@ -205,7 +217,12 @@ def run(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_
     history = torch.cat([tokens, torch.zeros(B, room - T, dtype=torch.long, device=device)], 1)
     history = history.scatter(1, lengths[:, None], first[:, None])
     spec_state = SpecState(cache=state.cache, draft_cache=draft_cache, last=first, history=history,
-                                history_len=lengths + 1)
+                           history_len=lengths + 1)
+    step_fn = step
+    if compile:
+        caches = [state.cache] + ([draft_cache] if draft_cache is not None else [])
+        mark_static([*params.values(), *(draft_params or {}).values(), *(t for c in caches for t in c.k + c.v)])
+        step_fn = compiled(step, mode="reduce-overhead")
     stop_set, done, emitted = set(stops.tolist()), [False] * B, [0] * B
     yield [cut_row([t], row, done, emitted, stop_set, max_new_tokens) for row, t in enumerate(first.tolist())]
     while True:
@@ -214,12 +231,15 @@ def run(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_
             return
         if all_greedy:
             noise = SpecNoise(torch.ones(B, k, V, device=device), torch.zeros(B, k, device=device),
-                                   torch.ones(B, V, device=device))
+                              torch.ones(B, V, device=device))
         else:
             uniform = torch.rand(B, k, generator=generator, device=generator.device if generator else "cpu")
             noise = SpecNoise(exp_noise(B, k, V), uniform.to(device), exp_noise(B, V))
-        out, counts, spec_state = step(params, spec_state, sp, noise, torch.tensor(active, device=device),
-                                            cfg=cfg, draft_params=draft_params, draft_cfg=draft_cfg,
-                                            attention=attention)
+        if compile:
+            torch.compiler.cudagraph_mark_step_begin()
+        out, counts, spec_state = step_fn(params, spec_state, sp, noise, torch.tensor(active, device=device),
+                                          cfg=cfg, draft_params=draft_params, draft_cfg=draft_cfg, attention=attention)
         rows, counts = out.tolist(), counts.tolist()                       # the one sync a step
+        if compile:
+            spec_state = own(spec_state)
         yield [cut_row(rows[b][:counts[b]], b, done, emitted, stop_set, max_new_tokens) for b in range(B)]

@@ -113,7 +113,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     generate(params, cfg, [prompt], max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
              min_p=args.min_p, repetition_penalty=args.repetition_penalty, stop_tokens=tok.stop_tokens,
              generator=generator, on_token=on_token, attention=args.attention, sync_every=1, compile=args.compile,
-             speculative=args.speculative, draft=draft, k=args.k, constraints=constraints)
+             speculative=args.speculative, draft=draft, k=args.k, adaptive_k=args.adaptive_k, constraints=constraints)
     sys.stdout.write(decoder.flush() + "\n")
     return 0
 
@@ -181,6 +181,7 @@ def parser() -> argparse.ArgumentParser:
                    help="speculative decoding with a draft model or by prompt lookup (same output distribution)")
     g.add_argument("--draft-model", help="the draft checkpoint for --speculative draft (default: the shipped draft)")
     g.add_argument("--k", type=int, default=4, help="tokens proposed per speculative step (default 4)")
+    g.add_argument("--adaptive-k", action="store_true", help="vary the proposals a step between 1 and --k")
     g.add_argument("--json-schema", help="a JSON Schema file the output must follow (compact JSON)")
     g.add_argument("--regex", help="a regular expression the output must match in full")
     g.add_argument("--beams", type=int, default=1, help="beam search with this many beams (prints the best)")

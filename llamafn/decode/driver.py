@@ -28,7 +28,7 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
            stop_tokens: Sequence[int] = (), generator: torch.Generator | None = None,
            attention: str = "sdpa", sync_every: int = 8, compile: bool = False,
            cache_len: int | None = None, speculative: str | None = None,
-           draft: tuple[Params, ModelConfig] | None = None, k: int = 4,
+           draft: tuple[Params, ModelConfig] | None = None, k: int = 4, adaptive_k: bool = False,
            constraints: Sequence[Constraint] = ()) -> Iterator[list[list[int]]]:
     """Yield, every `sync_every` steps, the new tokens of each row (a list per row, possibly empty).
 
@@ -64,7 +64,7 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
             c.begin(prompts)
     if speculative is not None:
         yield from spec.run(params, cfg, prompts, max_new_tokens, sp, stops, generator, attention,
-                            speculative, draft, k, compile=compile)
+                            speculative, draft, k, compile=compile, adaptive_k=adaptive_k)
         return
     lengths = [len(p) for p in prompts]
     T = bucket(max(lengths)) if compile else max(lengths)
@@ -133,7 +133,7 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
              on_token: Callable[[int, int], None] | None = None, attention: str = "sdpa",
              sync_every: int = 8, compile: bool = False, cache_len: int | None = None,
              speculative: str | None = None, draft: tuple[Params, ModelConfig] | None = None,
-             k: int = 4, num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
+             k: int = 4, adaptive_k: bool = False, num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
              num_return_sequences: int = 1, num_beam_groups: int = 1,
              diversity_penalty: float = 0.0, constraints: Sequence[Constraint] = (),
              force_phrases: Sequence[Sequence[int]] = ()) -> list[list[int]]:
@@ -169,7 +169,8 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     for chunk in stream(params, cfg, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         min_p=min_p, repetition_penalty=repetition_penalty, stop_tokens=stop_tokens,
                         generator=generator, attention=attention, sync_every=sync_every, compile=compile,
-                        cache_len=cache_len, speculative=speculative, draft=draft, k=k, constraints=constraints):
+                        cache_len=cache_len, speculative=speculative, draft=draft, k=k, adaptive_k=adaptive_k,
+                        constraints=constraints):
         for row, toks in enumerate(chunk):
             results[row].extend(toks)
             if on_token is not None:

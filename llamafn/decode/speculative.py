@@ -178,10 +178,13 @@ def cut_row(tokens: list[int], row: int, done: list[bool], emitted: list[int], s
 
 def run(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
         sp: SamplingParams, stops: torch.Tensor, generator: torch.Generator | None, attention: str,
-        mode: str, draft: tuple[Params, ModelConfig] | None, k: int, compile: bool = False) -> Iterator[list[list[int]]]:
+        mode: str, draft: tuple[Params, ModelConfig] | None, k: int, compile: bool = False,
+        adaptive_k: bool = False) -> Iterator[list[list[int]]]:
     """The driver loop of speculative decoding (llamafn.decode.stream with `speculative=`): prefill, then
     one step and one host sync a step, streaming each row's accepted tokens. `compile` runs the step as
-    a CUDA graph (llamafn.compile) over static weights and caches."""
+    a CUDA graph (llamafn.compile) over static weights and caches. `adaptive_k` varies the proposals a
+    step between 1 and k as transformers' assisted generation does: +2 after a step where every live
+    row accepted all of them, -1 otherwise (any k is exact, so only speed changes)."""
     if mode not in ("draft", "lookup"):
         raise InputError(f"speculative must be 'draft' or 'lookup', got {mode!r}")
     if not 1 <= k <= 16:
@@ -223,23 +226,26 @@ def run(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_
         caches = [state.cache] + ([draft_cache] if draft_cache is not None else [])
         mark_static([*params.values(), *(draft_params or {}).values(), *(t for c in caches for t in c.k + c.v)])
         step_fn = compiled(step, mode="reduce-overhead")
-    stop_set, done, emitted = set(stops.tolist()), [False] * B, [0] * B
+    stop_set, done, emitted, k_now = set(stops.tolist()), [False] * B, [0] * B, k
     yield [cut_row([t], row, done, emitted, stop_set, max_new_tokens) for row, t in enumerate(first.tolist())]
     while True:
         active = [not done[b] and emitted[b] < max_new_tokens for b in range(B)]
         if not any(active):
             return
         if all_greedy:
-            noise = SpecNoise(torch.ones(B, k, V, device=device), torch.zeros(B, k, device=device),
+            noise = SpecNoise(torch.ones(B, k_now, V, device=device), torch.zeros(B, k_now, device=device),
                               torch.ones(B, V, device=device))
         else:
-            uniform = torch.rand(B, k, generator=generator, device=generator.device if generator else "cpu")
-            noise = SpecNoise(exp_noise(B, k, V), uniform.to(device), exp_noise(B, V))
+            uniform = torch.rand(B, k_now, generator=generator, device=generator.device if generator else "cpu")
+            noise = SpecNoise(exp_noise(B, k_now, V), uniform.to(device), exp_noise(B, V))
         if compile:
             torch.compiler.cudagraph_mark_step_begin()
         out, counts, spec_state = step_fn(params, spec_state, sp, noise, torch.tensor(active, device=device),
                                           cfg=cfg, draft_params=draft_params, draft_cfg=draft_cfg, attention=attention)
         rows, counts = out.tolist(), counts.tolist()                       # the one sync a step
+        if adaptive_k:
+            all_taken = all(c == k_now + 1 for c, a in zip(counts, active) if a)
+            k_now = min(k, k_now + 2) if all_taken else max(1, k_now - 1)
         if compile:
             spec_state = own(spec_state)
         yield [cut_row(rows[b][:counts[b]], b, done, emitted, stop_set, max_new_tokens) for b in range(B)]

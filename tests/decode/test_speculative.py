@@ -19,13 +19,26 @@ def model(cfg, seed):
 
 
 @given(configs(), seeds(), st.lists(st.lists(st.integers(0, 7), min_size=1, max_size=10), min_size=1, max_size=3),
-       st.integers(1, 6), st.sampled_from(["draft", "lookup"]), st.integers(1, 12))
-def test_greedy_speculative_equals_target_greedy(cfg, seed, prompts, k, mode, n):
+       st.integers(1, 6), st.sampled_from(["draft", "lookup"]), st.integers(1, 12), st.booleans())
+def test_greedy_speculative_equals_target_greedy(cfg, seed, prompts, k, mode, n, adaptive):
     target, draft = model(cfg, seed), model(cfg, seed + 1)
     prompts = [[t % cfg.vocab_size for t in p] for p in prompts]
     expected = lf.generate(target, cfg, prompts, n)
-    got = lf.generate(target, cfg, prompts, n, speculative=mode, draft=(draft, cfg) if mode == "draft" else None, k=k)
+    got = lf.generate(target, cfg, prompts, n, speculative=mode, draft=(draft, cfg) if mode == "draft" else None, k=k,
+                      adaptive_k=adaptive)
     assert got == expected
+
+
+def test_adaptive_k_grows_with_a_perfect_draft_and_shrinks_with_a_bad_one():
+    cfg = ModelConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=40, hidden_dim=32, max_seq_len=128)
+    target, other = model(cfg, 0), model(cfg, 1)
+    steps = {}
+    for name, draft in (("perfect", target), ("bad", other)):
+        chunks = list(lf.stream(target, cfg, [[1, 2]], 40, speculative="draft", draft=(draft, cfg), k=8,
+                                adaptive_k=True))
+        steps[name] = [len(c[0]) for c in chunks[1:-1]]
+    assert max(steps["perfect"]) == 9                  # k climbed to 8: 8 accepted + the bonus token
+    assert len(steps["bad"]) > len(steps["perfect"])
 
 
 def test_a_perfect_draft_is_always_accepted_and_rolls_both_caches():

@@ -20,7 +20,8 @@ def forward(params: Params, tokens: torch.Tensor, cache: KVCache | None = None, 
 
     Without a cache: a plain causal forward from position 0. With one: row b's tokens sit at positions
     cache.lengths[b] .. + T - 1; the cache is donated (use the returned one). Run eagerly, it checks
-    token ids and cache room (one host sync); under torch.compile those checks are left to the driver.
+    token ids and cache room (one host sync); under torch.compile or CUDA-graph capture those checks
+    are left to the driver.
     """
     h, cache = transformer(params, tokens, cache, cfg=cfg, attention=attention)
     return lm_head(params, h), cache
@@ -35,7 +36,7 @@ def transformer(params: Params, tokens: torch.Tensor, cache: KVCache | None = No
                          f"got {tuple(tokens.shape)} {tokens.dtype}")
     if cache is not None and kv.batch_size(cache) != tokens.shape[0]:
         raise InputError(f"forward: tokens have batch {tokens.shape[0]} but the cache has {kv.batch_size(cache)} rows")
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and not (tokens.is_cuda and torch.cuda.is_current_stream_capturing()):
         check_values(tokens, cache, cfg)
     h = F.embedding(tokens, params["tok_embeddings.weight"])               # (B, T, dim)
     for i in range(cfg.n_layers):

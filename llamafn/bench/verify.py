@@ -1,0 +1,101 @@
+"""What speculative decoding and beam search cost at 7B shapes (random bf16 weights, one GPU):
+
+- the time of one (k+1)-token verify forward against a 1-token decode step, k = 1..8, over a cache
+  of `--context` positions (each captured in a CUDA graph, so launch overhead is out of both), and the
+  speedup that follows for draft acceptance rates 0.6/0.8/0.9 with a draft costing `--draft-cost` of
+  a target step: E[tokens a step] = (1 - a^(k+1)) / (1 - a), speedup = E * t_1 / (t_(k+1) + k * c * t_1);
+- beam search's per-step overhead against greedy for 1..8 beams: the step over num_beams rows plus
+  the cache row reorder (`cache.reorder`, an index_select of every layer's K and V).
+
+    python scripts/bench_verify.py --preset llama-2-7b --context 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .. import cache as kv
+from ..config import preset
+from ..model import forward
+from ..params import fuse, init_params
+from .ceilings import card_name, cuda_time, measure
+
+
+def graphed(fn):
+    """fn captured in a CUDA graph (after a warm-up on a side stream); returns the replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def forward_time(params, cfg, batch: int, n_tokens: int, context: int) -> float:
+    """Seconds of one forward of n_tokens per row at `context` cached positions (graph replay, median of 3)."""
+    device = params["norm.weight"].device
+    cache = kv.init_cache(cfg, batch, context + n_tokens, dtype=params["norm.weight"].dtype, device=device)
+    cache = kv.truncate(cache, context)
+    tokens = torch.randint(0, cfg.vocab_size, (batch, n_tokens), device=device)
+
+    def run():
+        forward(params, tokens, cache, cfg=cfg)   # writes the same positions every replay: lengths are not advanced
+
+    replay = graphed(run)
+    return sorted(cuda_time(replay, repeat=20) for _ in range(3))[1]
+
+
+def reorder_time(cfg, beams: int, context: int, device: torch.device | str = "cuda") -> float:
+    cache = kv.init_cache(cfg, beams, context, dtype=torch.bfloat16, device=device)
+    index = torch.arange(beams, device=device).flip(0)
+    return sorted(cuda_time(lambda: kv.reorder(cache, index), repeat=20) for _ in range(3))[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench_verify", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="llama-2-7b")
+    ap.add_argument("--context", type=int, default=512)
+    ap.add_argument("--draft-cost", type=float, default=0.05, help="draft step time / target step time")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_verify: needs a CUDA GPU", file=sys.stderr)
+        return 1
+    cfg = preset(args.preset)
+    params = fuse(init_params(cfg, generator=torch.Generator("cuda").manual_seed(0), dtype=torch.bfloat16, device="cuda"))
+    results: dict = {"benchmark": "verify", "preset": args.preset, "context": args.context,
+                     "command": "python scripts/bench_verify.py " + " ".join(argv or sys.argv[1:]),
+                     "ceilings": measure(), "verify": [], "beams": []}
+    t1 = forward_time(params, cfg, 1, 1, args.context)
+    for k in range(1, 9):
+        tk = forward_time(params, cfg, 1, k + 1, args.context)
+        row = {"k": k, "verify_ms": round(tk * 1e3, 3), "step_ms": round(t1 * 1e3, 3), "ratio": round(tk / t1, 3)}
+        for a in (0.6, 0.8, 0.9):
+            expected = (1 - a ** (k + 1)) / (1 - a)
+            row[f"speedup_at_{a}"] = round(expected * t1 / (tk + k * args.draft_cost * t1), 2)
+        results["verify"].append(row)
+        print(row, flush=True)
+    for beams in (1, 2, 4, 8):
+        step = forward_time(params, cfg, beams, 1, args.context)
+        reorder = reorder_time(cfg, beams, args.context)
+        row = {"beams": beams, "step_ms": round(step * 1e3, 3), "reorder_ms": round(reorder * 1e3, 3),
+               "overhead_vs_greedy": round((step + reorder) / t1, 3)}
+        results["beams"].append(row)
+        print(row, flush=True)
+    out = Path(args.out) / f"verify-{card_name()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

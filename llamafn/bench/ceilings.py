@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -58,3 +60,11 @@ def matmul_tflops(n: int = 8192) -> float:
 def measure() -> dict[str, float | str]:
     return {"card": torch.cuda.get_device_name(), "torch": torch.__version__,
             "copy_GBps": round(copy_bandwidth(), 1), "matmul_bf16_TFLOPs": round(matmul_tflops(), 1)}
+
+
+def write_results(results: dict, out_dir: str | Path, name: str, slug: str | None = None) -> Path:
+    """Write results to <out_dir>/<name>-<slug (the card)>.json and return the path."""
+    path = Path(out_dir) / f"{name}-{slug or card_name()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    return path

@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -27,7 +26,7 @@ from ..config import ModelConfig, preset
 from ..decode import generate, sample
 from ..params import Params, fuse, init_params, nbytes
 from ..sampling import sampling_params
-from .ceilings import card_name, cuda_time, measure, wall_time
+from .ceilings import cuda_time, measure, wall_time, write_results
 
 T0 = time.perf_counter()
 
@@ -162,7 +161,6 @@ def hf_baselines(cfg: ModelConfig, new_tokens: int, eager_tokens: int) -> list[d
     out.append({"name": f"transformers {transformers.__version__} static cache + compile",
                 "new_tokens": new_tokens, "tok_s": round(new_tokens / t, 1), "first_call_s": round(compile_s, 1)})
     log(f"HF static+compile: {out[-1]['tok_s']} tok/s")
-    del model
     return out
 
 
@@ -207,11 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     torch.backends.cuda.matmul.allow_tf32 = True
     results: dict = {"benchmark": "decode", "command": "llamafn bench decode " + " ".join(argv or sys.argv[1:])}
-    out = Path(args.out) / f"decode-{card_name()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-
     def save() -> None:
-        out.write_text(json.dumps(results, indent=1) + "\n")
+        write_results(results, args.out, "decode")
 
     results["ceilings"] = measure()
     log(f"ceilings: {results['ceilings']}")

@@ -9,18 +9,16 @@ repeats much of its input). Greedy, so every variant emits the same tokens (chec
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 import llamafn as lf
 from llamafn.config import cards_dir
 from llamafn.decode import stream
-from llamafn.bench.ceilings import card_name
+from llamafn.bench.ceilings import write_results
 
 PROMPTS = [
     "def fibonacci(n):\n",
@@ -102,11 +100,7 @@ def main(argv: list[str] | None = None) -> int:
              "acceptance_by_position": acceptance([steps], k)}
         results["runs"].append(r)
         print(r, flush=True)
-    slug = "cpu" if args.device == "cpu" else card_name()
-    out_path = Path(args.out) / f"speculative-{slug}.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {out_path}")
+    print(f"wrote {write_results(results, args.out, 'speculative', 'cpu' if args.device == 'cpu' else None)}")
     return 0
 
 

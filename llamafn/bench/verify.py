@@ -13,9 +13,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 
@@ -23,7 +21,7 @@ from .. import cache as kv
 from ..config import preset
 from ..model import forward
 from ..params import fuse, init_params
-from .ceilings import card_name, cuda_time, measure
+from .ceilings import cuda_time, measure, write_results
 
 
 def graphed(fn):
@@ -90,10 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                "overhead_vs_greedy": round((step + reorder) / t1, 3)}
         results["beams"].append(row)
         print(row, flush=True)
-    out = Path(args.out) / f"verify-{card_name()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_results(results, args.out, 'verify')}")
     return 0
 
 

@@ -10,7 +10,6 @@ from llamafn.checkpoint import save_hf
 from llamafn.config import ModelConfig
 from llamafn.decode import beam_search
 from llamafn.errors import InputError
-from tests.conftest import shared_file
 from tests.strategies import configs, seeds
 
 transformers = pytest.importorskip("transformers")

@@ -26,9 +26,9 @@ from .. import cache as kv
 from ..cache import KVCache, init_cache
 from ..config import ModelConfig
 from ..errors import InputError
-from ..model import forward, lm_head, transformer
+from ..model import forward
 from ..params import Params
-from .sample import check_prompts, pad_right
+from .sample import check_prompts, pad_right, prefill_logits
 
 NEG = -1.0e9
 
@@ -57,9 +57,7 @@ def init(params: Params, prompts: torch.Tensor, prompt_lengths: torch.Tensor, ca
     """Prefill the right-padded prompts (B, T) once per row, then give every row num_beams copies of its
     cache; only beam 0 starts live (the others at NEG), as in transformers."""
     B = prompts.shape[0]
-    h, cache = transformer(params, prompts, cache, cfg=cfg, attention=attention)
-    cache = kv.truncate(cache, cache.lengths - prompts.shape[1] + prompt_lengths)
-    logits = lm_head(params, h[torch.arange(B, device=prompts.device), prompt_lengths - 1])     # (B, V)
+    logits, cache = prefill_logits(params, prompts, prompt_lengths, cache, cfg=cfg, attention=attention)  # (B, V)
     expand = torch.arange(B, device=prompts.device).repeat_interleave(num_beams)
     scores = torch.full((B, num_beams), NEG, device=prompts.device)
     scores[:, 0] = 0.0

@@ -47,6 +47,17 @@ def pad_right(prompts: Sequence[Sequence[int]], length: int, device: torch.devic
     return tokens, torch.tensor([len(p) for p in prompts], device=device)
 
 
+def prefill_logits(params: Params, prompts: torch.Tensor, prompt_lengths: torch.Tensor, cache: KVCache, *,
+                   cfg: ModelConfig, attention: str = "sdpa") -> tuple[torch.Tensor, KVCache]:
+    """Run right-padded prompts (B, T) through the model once -> each row's next-token logits (B, V),
+    taken at its own last prompt position, and the cache truncated to each row's own length (the
+    padding written past it stays unseen until overwritten). Every strategy starts here."""
+    start = cache.lengths
+    h, cache = transformer(params, prompts, cache, cfg=cfg, attention=attention)  # (B, T, dim)
+    rows = torch.arange(prompts.shape[0], device=prompts.device)
+    return lm_head(params, h[rows, prompt_lengths - 1]), kv.truncate(cache, start + prompt_lengths)
+
+
 class SampleState(NamedTuple):
     cache: KVCache
     last: torch.Tensor      # (B,) int64: the token each row emitted last
@@ -73,15 +84,11 @@ def prefill(params: Params, prompts: torch.Tensor, prompt_lengths: torch.Tensor,
             mask: torch.Tensor | None = None) -> tuple[torch.Tensor, SampleState]:
     """prompts (B, T) right-padded, prompt_lengths (B,) >= 1 -> first new tokens (B,), state.
 
-    The padding is written to the cache too, then dropped by truncating each row to its own length.
     `all_greedy` (a compile-time constant) skips the sampling warpers when every row is at temperature 0.
     `mask` (B, V) bool, if given, limits the tokens each row may take (constrained decoding).
     """
     B, T = prompts.shape
-    start = cache.lengths
-    h, cache = transformer(params, prompts, cache, cfg=cfg, attention=attention)  # (B, T, dim)
-    cache = kv.truncate(cache, start + prompt_lengths)
-    last_logits = lm_head(params, h[torch.arange(B, device=prompts.device), prompt_lengths - 1])  # (B, V)
+    last_logits, cache = prefill_logits(params, prompts, prompt_lengths, cache, cfg=cfg, attention=attention)
     valid = torch.arange(T, device=prompts.device)[None, :] < prompt_lengths[:, None]  # (B, T)
     seen = torch.zeros(B, cfg.vocab_size, dtype=torch.bool, device=prompts.device)
     seen = seen.scatter(1, torch.where(valid, prompts, prompts[:, :1]), True)

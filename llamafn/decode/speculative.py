@@ -28,7 +28,7 @@ from .. import cache as kv
 from ..cache import KVCache, init_cache
 from ..config import ModelConfig
 from ..errors import InputError
-from ..model import forward, transformer
+from ..model import forward
 from ..params import Params
 from ..sampling import SamplingParams, draw_noise, process_logits
 from ..compile import compiled, mark_static, round_up
@@ -215,8 +215,8 @@ def run(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_
     if mode == "draft":
         draft_params, draft_cfg = draft
         draft_cache = init_cache(draft_cfg, B, room, dtype=draft_params["tok_embeddings.weight"].dtype, device=device)
-        _, draft_cache = transformer(draft_params, tokens, draft_cache, cfg=draft_cfg, attention=attention)
-        draft_cache = kv.truncate(draft_cache, lengths)
+        _, draft_cache = sample.prefill_logits(draft_params, tokens, lengths, draft_cache, cfg=draft_cfg,
+                                               attention=attention)
     history = torch.cat([tokens, torch.zeros(B, room - T, dtype=torch.long, device=device)], 1)
     history = history.scatter(1, lengths[:, None], first[:, None])
     spec_state = SpecState(cache=state.cache, draft_cache=draft_cache, last=first, history=history,

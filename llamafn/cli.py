@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, quant
 from .config import cards_dir
 from .decode import check_prompts, generate
 from .errors import InputError, LlamafnError, TokenizerError
@@ -128,16 +128,24 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"{key:<16}{value}")
     count = n_params(cfg)
     print(f"{'parameters':<16}{count:,}\n{'bf16 bytes':<16}{count * 2:,}\n{'bytes on disk':<16}{on_disk:,}")
+    print(f"{'quantization':<16}{quant.scheme_of(params) or 'none'}")
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     src = resolve_model(args.src)
+    if args.quantize and args.format != "native":
+        raise InputError(f"--quantize writes the native format only (got --format {args.format})")
     params, cfg = checkpoint.load(src, dtype=DTYPES[args.dtype] if args.dtype else None)
     try:
         tokenizer = find_tokenizer(src)
     except TokenizerError:
         tokenizer = None
+    if args.quantize:
+        params = quant.quantize(params, args.quantize, group_size=args.group_size, output=args.quantize_head)
+    elif args.format != "native" and quant.scheme_of(params):
+        print(f"{args.src} is quantized ({quant.scheme_of(params)}); writing its dequantized weights", file=sys.stderr)
+        params = quant.dequantize_params(params)
     if args.format == "native":
         checkpoint.save(args.dst, params, cfg, tokenizer=tokenizer, overwrite=args.overwrite)
     elif args.format == "hf":
@@ -146,7 +154,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         checkpoint.save_meta(args.dst, params, cfg, n_shards=args.shards, overwrite=args.overwrite)
     else:
         checkpoint.save_llama2c(args.dst, params, cfg, version=1, overwrite=args.overwrite)
-    print(f"wrote {args.dst} ({args.format}, {n_params(cfg):,} parameters)")
+    scheme = f", {args.quantize}" + (f" g{args.group_size}" if args.quantize == "int4" else "") if args.quantize else ""
+    print(f"wrote {args.dst} ({args.format}{scheme}, {n_params(cfg):,} parameters)")
     return 0
 
 
@@ -202,6 +211,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=sorted(DTYPES), help="cast the weights (default: keep)")
     c.add_argument("--shards", type=int, default=1, help="model-parallel shards for --format meta")
     c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    c.add_argument("--quantize", choices=quant.SCHEMES, help="weight-only quantization of the layer matrices "
+                   "(int8: per-channel; int4: groups with scale and zero point); native format only")
+    c.add_argument("--group-size", type=int, default=128, help="int4 group size: 16, 32, 64, 128 or 256 (default 128)")
+    c.add_argument("--quantize-head", action="store_true", help="quantize the output head too (default: keep it)")
     c.set_defaults(run=cmd_convert)
 
     b = sub.add_parser("bench", help="GPU benchmarks: `llamafn bench decode --help`")

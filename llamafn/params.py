@@ -19,6 +19,9 @@ Keys (weights are `nn.Linear` layout, (out_features, in_features)):
     layers.{i}.attention.wqkv.weight         ((n_heads + 2 * n_kv_heads) * head_dim, dim)   wq; wk; wv
     layers.{i}.feed_forward.w13.weight       (2 * hidden, dim)                              w1; w3
 one matrix product instead of three (two), each reading the activations once.
+
+A matrix may also be a quantised weight (llamafn.quant): a NamedTuple of tensors with the output
+channels on dim 0, which the transforms here handle field by field.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import torch
 
 from .config import ModelConfig
 from .errors import ParamsError
+from .quant.formats import QuantWeight, is_quantized
 
-Params = dict[str, torch.Tensor]
+Params = dict[str, "torch.Tensor | QuantWeight"]
 
 LAYER_KEYS = (
     "attention_norm.weight",
@@ -125,6 +129,20 @@ def layer_params(params: Params, i: int) -> Params:
     return {k: params[prefix + k] for k in LAYER_KEYS if prefix + k in params}
 
 
+def concat_rows(weights: list) -> torch.Tensor | QuantWeight:
+    """Matrices stacked along the output channels; quantised weights field by field."""
+    if is_quantized(weights[0]):
+        return type(weights[0])(*(torch.cat(fields) for fields in zip(*weights)))
+    return torch.cat(weights)
+
+
+def split_rows(w: torch.Tensor | QuantWeight, sizes: list[int]) -> list:
+    """The inverse of concat_rows: views of consecutive output-channel blocks."""
+    if is_quantized(w):
+        return [type(w)(*parts) for parts in zip(*(f.split(sizes) for f in w))]
+    return list(w.split(sizes))
+
+
 def fuse(params: Params) -> Params:
     """A new dict with each layer's wq, wk, wv stacked into wqkv and w1, w3 into w13 (see the module doc)."""
     out: Params = {}
@@ -133,10 +151,10 @@ def fuse(params: Params) -> Params:
             continue
         if key.endswith("attention.wq.weight"):
             base = key[: -len("wq.weight")]
-            out[base + "wqkv.weight"] = torch.cat([value, params[base + "wk.weight"], params[base + "wv.weight"]])
+            out[base + "wqkv.weight"] = concat_rows([value, params[base + "wk.weight"], params[base + "wv.weight"]])
         elif key.endswith("feed_forward.w1.weight"):
             base = key[: -len("w1.weight")]
-            out[base + "w13.weight"] = torch.cat([value, params[base + "w3.weight"]])
+            out[base + "w13.weight"] = concat_rows([value, params[base + "w3.weight"]])
         else:
             out[key] = value
     return out
@@ -149,25 +167,33 @@ def unfuse(params: Params, cfg: ModelConfig) -> Params:
     for key, value in params.items():
         if key.endswith("attention.wqkv.weight"):
             base = key[: -len("wqkv.weight")]
-            q, k, v = value.split([cfg.n_heads * hd, cfg.n_kv_heads * hd, cfg.n_kv_heads * hd])
+            q, k, v = split_rows(value, [cfg.n_heads * hd, cfg.n_kv_heads * hd, cfg.n_kv_heads * hd])
             out.update({base + "wq.weight": q, base + "wk.weight": k, base + "wv.weight": v})
         elif key.endswith("feed_forward.w13.weight"):
             base = key[: -len("w13.weight")]
-            out[base + "w1.weight"], out[base + "w3.weight"] = value.chunk(2)
+            out[base + "w1.weight"], out[base + "w3.weight"] = split_rows(value, [value.shape[0] // 2] * 2)
         else:
             out[key] = value
     return out
 
 
-def output_weight(params: Params) -> torch.Tensor:
+def output_weight(params: Params) -> torch.Tensor | QuantWeight:
     """The classifier (vocab, dim): `output.weight`, or the embedding table when tied."""
     return params.get("output.weight", params["tok_embeddings.weight"])
 
 
 def cast(params: Params, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> Params:
-    """A new dict with every tensor moved/cast (norm weights included, as Meta does in bf16)."""
-    return {k: v.to(device=device, dtype=dtype) for k, v in params.items()}
+    """A new dict with every tensor moved/cast (norm weights included, as Meta does in bf16); of a
+    quantised weight every field is moved and only its float fields (the scales) are cast."""
+    def move(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+    return {k: type(v)(*map(move, v)) if is_quantized(v) else move(v) for k, v in params.items()}
+
+
+def tensors(params: Params) -> list[torch.Tensor]:
+    """Every tensor the params hold, the fields of quantised weights included."""
+    return [t for v in params.values() for t in (v if is_quantized(v) else (v,))]
 
 
 def nbytes(params: Params) -> int:
-    return sum(t.numel() * t.element_size() for t in params.values())
+    return sum(t.numel() * t.element_size() for t in tensors(params))

@@ -24,7 +24,7 @@ from .. import cache as kv
 from ..compile import bucket, compiled, mark_static, round_up
 from ..config import ModelConfig, preset
 from ..decode import generate, sample
-from ..params import Params, fuse, init_params, nbytes
+from ..params import Params, fuse, init_params, nbytes, tensors
 from ..sampling import sampling_params
 from .ceilings import cuda_time, measure, wall_time, write_results
 
@@ -63,7 +63,7 @@ def compiled_decode(params: Params, cfg: ModelConfig, batch: int, prompt_len: in
     lengths = torch.full((batch,), prompt_len, device=device)
     cache_len = round_up(max(T, prompt_len + new_tokens), 256)
     cache = kv.init_cache(cfg, batch, cache_len, dtype=torch.bfloat16, device=device)
-    mark_static([*params.values(), *cache.k, *cache.v])
+    mark_static([*tensors(params), *cache.k, *cache.v])
     sp = sampling_params(batch, device=device)
     ones = torch.ones(batch, cfg.vocab_size, device=device)
     stops = torch.empty(0, dtype=torch.long, device=device)

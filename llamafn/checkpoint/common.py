@@ -15,8 +15,10 @@ from typing import Callable, Iterator, NamedTuple
 import torch
 
 from ..config import ModelConfig
-from ..errors import CheckpointError, ParamsError
-from ..params import Params, check_params, param_shapes
+from ..errors import CheckpointError, InputError, ParamsError
+from ..params import Params, check_params, is_fused, param_shapes
+from ..quant import from_tensors, is_quantized
+from ..quant.formats import check_weight
 
 
 
@@ -51,20 +53,35 @@ def materialize(lazy: dict[str, LazyTensor], cfg: ModelConfig, source: str, *,
                 dtype: torch.dtype | None, device: str | torch.device) -> Params:
     """Check every key and shape against `cfg` before reading anything, then read each tensor, cast it
     to `dtype` (None: keep the stored dtype) and move it to `device`, one at a time. On the `meta`
-    device nothing is read (shapes are still checked): that is how `llamafn info` plans memory."""
+    device nothing is read (shapes are still checked): that is how `llamafn info` plans memory.
+
+    Quantised weights (`<key>.q`, `.scale`, `.zero` tensors, llamafn.quant) are read as they are stored,
+    never through a float copy; `dtype` casts only their scales."""
+    lazy = from_tensors(lazy)
     try:
-        check_params({k: torch.empty(t.shape, device="meta") for k, t in lazy.items()}, cfg)
-    except ParamsError as e:
+        for key, t in lazy.items():
+            if is_quantized(t):
+                check_weight(t, key)
+        check_params({k: type(t)(*(torch.empty(f.shape, device="meta") for f in t)) if is_quantized(t)
+                      else torch.empty(t.shape, device="meta") for k, t in lazy.items()}, cfg)
+    except (ParamsError, InputError) as e:
         raise CheckpointError(f"{source}: the weights contradict the model config: {e}") from None
-    total = sum(torch.Size(t.shape).numel() for t in lazy.values())
+    fields = [f for t in lazy.values() for f in (t if is_quantized(t) else (t,))]
+    total = sum(torch.Size(f.shape).numel() for f in fields)
     bar, done, params = progress(total, f"loading {Path(source).name}"), 0, {}
-    if torch.device(device).type == "meta":
-        return {k: torch.empty(s, dtype=dtype or torch.float32, device="meta") for k, s in param_shapes(cfg).items()}
-    for key in param_shapes(cfg):
-        t = lazy[key].read()
-        params[key] = t.to(device=device, dtype=dtype or t.dtype)
+
+    def read(f: LazyTensor) -> torch.Tensor:
+        nonlocal done
+        if torch.device(device).type == "meta":
+            return torch.empty(f.shape, dtype=dtype or torch.float32, device="meta")
+        t = f.read()
         done += t.numel()
         bar(done)
+        return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
+
+    for key in param_shapes(cfg, fused=is_fused(lazy)):
+        t = lazy[key]
+        params[key] = type(t)(*map(read, t)) if is_quantized(t) else read(t)
     return params
 
 

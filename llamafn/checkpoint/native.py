@@ -1,5 +1,6 @@
 """llamafn's own format: a folder with `model.safetensors` (Meta key names) and `params.json`
-(ModelConfig.to_dict, readable as Meta's params.json too), plus `tokenizer.model` when given."""
+(ModelConfig.to_dict, readable as Meta's params.json too), plus `tokenizer.model` when given.
+The only format that stores quantised weights (each as `<key>.q`, `<key>.scale`[, `<key>.zero`])."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from safetensors.torch import save_file
 from ..config import ModelConfig, read_json
 from ..errors import CheckpointError
 from ..params import Params, check_params
+from ..quant import to_tensors
 from .common import LazyTensor, atomic_dir, materialize
 
 WEIGHTS = "model.safetensors"
@@ -40,10 +42,11 @@ def load_native(path: Path, *, dtype: torch.dtype | None, device: str | torch.de
 
 def save(path: str | Path, params: Params, cfg: ModelConfig, *, tokenizer: str | Path | None = None,
          overwrite: bool = False) -> Path:
-    """Write `params` and `cfg` to the folder `path` (atomically: all or nothing). Returns the path."""
+    """Write `params` and `cfg` to the folder `path` (atomically: all or nothing). Returns the path.
+    Quantised params are written in their storage layout (llamafn.quant.to_tensors)."""
     check_params(params, cfg)
     with atomic_dir(path, overwrite) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in params.items()}, str(tmp / WEIGHTS),
+        save_file({k: v.detach().contiguous().cpu() for k, v in to_tensors(params).items()}, str(tmp / WEIGHTS),
                   metadata={"format": "pt", "producer": "llamafn"})
         (tmp / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         if tokenizer is not None:

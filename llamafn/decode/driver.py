@@ -16,7 +16,7 @@ from ..cache import init_cache
 from ..compile import bucket, compiled, mark_static, round_up
 from ..config import ModelConfig
 from ..errors import InputError
-from ..params import Params
+from ..params import Params, tensors
 from ..sampling import draw_noise, sampling_params
 from . import beam, forced, sample
 from . import speculative as spec
@@ -77,7 +77,7 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
     ones = torch.ones(B, cfg.vocab_size, device=device)
     prefill, step = sample.prefill, sample.step
     if compile:
-        mark_static([*params.values(), *cache.k, *cache.v])
+        mark_static([*tensors(params), *cache.k, *cache.v])
         prefill, step = compiled(sample.prefill), compiled(sample.step, mode="reduce-overhead")
 
     def noise() -> torch.Tensor:

@@ -29,7 +29,7 @@ from ..cache import KVCache, init_cache
 from ..config import ModelConfig
 from ..errors import InputError
 from ..model import forward
-from ..params import Params
+from ..params import Params, tensors
 from ..sampling import SamplingParams, draw_noise, process_logits
 from ..compile import compiled, mark_static, round_up
 from . import sample
@@ -224,7 +224,7 @@ def run(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_
     step_fn = step
     if compile:
         caches = [state.cache] + ([draft_cache] if draft_cache is not None else [])
-        mark_static([*params.values(), *(draft_params or {}).values(), *(t for c in caches for t in c.k + c.v)])
+        mark_static([*tensors(params), *tensors(draft_params or {}), *(t for c in caches for t in c.k + c.v)])
         step_fn = compiled(step, mode="reduce-overhead")
     stop_set, done, emitted, k_now = set(stops.tolist()), [False] * B, [0] * B, k
     yield [cut_row([t], row, done, emitted, stop_set, max_new_tokens) for row, t in enumerate(first.tolist())]

@@ -24,6 +24,7 @@ from .. import cache as kv
 from ..cache import KVCache
 from ..config import ModelConfig
 from ..kernels import get, register
+from ..quant import linear
 from .rope import apply_rope, rope_angles
 
 
@@ -89,9 +90,9 @@ def attention(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None
     pos = kv.positions(cache, B, T, x.device)                             # (B, T)
     cos, sin = rope_angles(pos, cfg)                                      # (B, T, D/2) each
     if "wqkv.weight" in p:
-        q, k, v = F.linear(x, p["wqkv.weight"]).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q, k, v = linear(x, p["wqkv.weight"]).split([H * D, Hkv * D, Hkv * D], dim=-1)
     else:
-        q, k, v = F.linear(x, p["wq.weight"]), F.linear(x, p["wk.weight"]), F.linear(x, p["wv.weight"])
+        q, k, v = linear(x, p["wq.weight"]), linear(x, p["wk.weight"]), linear(x, p["wv.weight"])
     q = apply_rope(q.view(B, T, H, D), cos, sin)                          # (B, T, H, D)
     k = apply_rope(k.view(B, T, Hkv, D), cos, sin)                        # (B, T, Hkv, D)
     v = v.view(B, T, Hkv, D)                                              # (B, T, Hkv, D)
@@ -103,4 +104,4 @@ def attention(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None
         cache = kv.write(cache, layer, k, v, pos)
         out = attend(q, cache.k[layer].to(q.dtype), cache.v[layer].to(q.dtype), pos)
     out = out.transpose(1, 2).reshape(B, T, H * D)                        # (B, T, H*D)
-    return F.linear(out, p["wo.weight"]), cache
+    return linear(out, p["wo.weight"]), cache

@@ -4,12 +4,14 @@ w2(silu(w1 x) * w3 x)."""
 import torch
 import torch.nn.functional as F
 
+from ..quant import linear
+
 
 def feed_forward(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """p: `w1.weight` (hidden, dim), `w3.weight` (hidden, dim) or fused `w13.weight` (2*hidden, dim),
     and `w2.weight` (dim, hidden); x (..., dim)."""
     if "w13.weight" in p:
-        gate, up = F.linear(x, p["w13.weight"]).chunk(2, dim=-1)   # (..., hidden) each
+        gate, up = linear(x, p["w13.weight"]).chunk(2, dim=-1)   # (..., hidden) each
     else:
-        gate, up = F.linear(x, p["w1.weight"]), F.linear(x, p["w3.weight"])
-    return F.linear(F.silu(gate) * up, p["w2.weight"])
+        gate, up = linear(x, p["w1.weight"]), linear(x, p["w3.weight"])
+    return linear(F.silu(gate) * up, p["w2.weight"])

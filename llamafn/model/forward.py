@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .. import cache as kv
 from ..cache import KVCache
 from ..config import ModelConfig
 from ..errors import InputError
 from ..params import Params, layer_params, output_weight
+from ..quant import embedding, linear
 from .block import block
 from .norm import rms_norm
 
@@ -38,7 +38,7 @@ def transformer(params: Params, tokens: torch.Tensor, cache: KVCache | None = No
         raise InputError(f"forward: tokens have batch {tokens.shape[0]} but the cache has {kv.batch_size(cache)} rows")
     if not torch.compiler.is_compiling() and not (tokens.is_cuda and torch.cuda.is_current_stream_capturing()):
         check_values(tokens, cache, cfg)
-    h = F.embedding(tokens, params["tok_embeddings.weight"])               # (B, T, dim)
+    h = embedding(tokens, params["tok_embeddings.weight"], params["norm.weight"].dtype)   # (B, T, dim)
     for i in range(cfg.n_layers):
         h, cache = block(layer_params(params, i), h, cache, i, cfg=cfg, backend=attention)
     if cache is not None:
@@ -48,7 +48,7 @@ def transformer(params: Params, tokens: torch.Tensor, cache: KVCache | None = No
 
 def lm_head(params: Params, h: torch.Tensor) -> torch.Tensor:
     """h (..., dim) -> logits (..., vocab) float32."""
-    return F.linear(h, output_weight(params)).float()
+    return linear(h, output_weight(params)).float()
 
 
 def check_values(tokens: torch.Tensor, cache: KVCache | None, cfg: ModelConfig) -> None:

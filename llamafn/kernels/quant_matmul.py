@@ -1,0 +1,185 @@
+"""Triton kernels for x @ W^T with quantised W (llamafn.quant.formats), dequantising in registers.
+
+Two ways to reduce over the inputs, chosen by the launcher from the number of rows M of x:
+- `gemv` (M == 1, batch-1 decode): a (BLOCK_N, BLOCK_K) tile of the weight is multiplied
+  elementwise by the activations and summed, in fp32 on the CUDA cores. Small BLOCK_N gives enough
+  programs to fill the GPU without split-K (and without the zeroing and cast kernels split-K needs).
+- `dot` (M > 1): the tile is dequantised to the activations' dtype and fed to `tl.dot` (tensor cores),
+  fp32 accumulation, rows of x padded to BLOCK_M >= 16.
+
+int8: out = (x @ q^T) * scale, the per-channel scale applied once at the end.
+int4: per group, sum_k (q - z) s x = s (sum_k q x - z sum_k x), so the gemv path does one FMA per weight
+and the zero point and scale once per group (Frantar et al.'s GPTQ kernels and gpt-fast's int4 use the
+same factoring).
+
+Both are registered as custom ops (`torch.ops.llamafn.int8_matmul`, `int4_matmul`, via
+`torch.library.triton_op`) so that a compiled decode step captures them with `fullgraph=True` and
+inductor places them in its CUDA graph. Under `TRITON_INTERPRET=1` the launchers run on CPU tensors
+with one fixed config (tests); on a GPU each kernel is autotuned per (M class, N, K).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:                      # triton is optional on the CPU; linear() falls back to dequantise + matmul
+    triton = None
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+if triton is not None:
+    @triton.jit
+    def int8_kernel(x_ptr, q_ptr, s_ptr, out_ptr, M, N, K, stride_xm, stride_qn, stride_om,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr):
+        pid_n, pid_m = tl.program_id(0), tl.program_id(1)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                                  # (BM,)
+        if USE_DOT:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)                                           # (BK,)
+            w = tl.load(q_ptr + rn[:, None] * stride_qn + rk[None, :],
+                        mask=(rn[:, None] < N) & (rk[None, :] < K), other=0)          # (BN, BK) int8
+            if USE_DOT:
+                x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :],
+                            mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)    # (BM, BK)
+                acc += tl.dot(x, tl.trans(w.to(x.dtype)))                             # (BM, BN)
+            else:
+                x = tl.load(x_ptr + pid_m * stride_xm + rk, mask=rk < K, other=0.0)   # (BK,)
+                acc += w.to(tl.float32) * x.to(tl.float32)[None, :]                   # (BN, BK)
+        scale = tl.load(s_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)            # (BN,)
+        if USE_DOT:
+            out = acc * scale[None, :]                                                # (BM, BN)
+            tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], out.to(out_ptr.dtype.element_ty),
+                     mask=(rm[:, None] < M) & (rn[None, :] < N))
+        else:
+            out = tl.sum(acc, axis=1) * scale                                         # (BN,)
+            tl.store(out_ptr + pid_m * stride_om + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
+
+    @triton.jit
+    def int4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, G, stride_xm, stride_qn, stride_sn, stride_om,
+                    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    USE_DOT: tl.constexpr):
+        NG: tl.constexpr = BLOCK_K // GROUP                                           # groups a tile
+        pid_n, pid_m = tl.program_id(0), tl.program_id(1)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                                  # (BM,)
+        if USE_DOT:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)                                 # (BK/2,) byte columns
+            packed = tl.load(q_ptr + rn[:, None] * stride_qn + rb[None, :],
+                             mask=(rn[:, None] < N) & (rb[None, :] < K // 2), other=0)  # (BN, BK/2) uint8
+            q = tl.interleave(packed & 0xF, packed >> 4).to(tl.float32)               # (BN, BK), column 2j low nibble
+            rg = k0 // GROUP + tl.arange(0, NG)                                       # (NG,)
+            gmask = (rn[:, None] < N) & (rg[None, :] < G)
+            s = tl.load(s_ptr + rn[:, None] * stride_sn + rg[None, :], mask=gmask, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + rn[:, None] * stride_sn + rg[None, :], mask=gmask, other=0).to(tl.float32)
+            rk = k0 + tl.arange(0, BLOCK_K)                                           # (BK,)
+            if USE_DOT:
+                w = (tl.reshape(q, (BLOCK_N, NG, GROUP)) - z[:, :, None]) * s[:, :, None]   # (BN, NG, g)
+                x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :],
+                            mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)    # (BM, BK)
+                acc += tl.dot(x, tl.trans(tl.reshape(w, (BLOCK_N, BLOCK_K)).to(x.dtype)))   # (BM, BN)
+            else:
+                x = tl.load(x_ptr + pid_m * stride_xm + rk, mask=rk < K, other=0.0).to(tl.float32)   # (BK,)
+                qx = tl.sum(tl.reshape(q * x[None, :], (BLOCK_N, NG, GROUP)), axis=2)           # (BN, NG)
+                xs = tl.sum(tl.reshape(x, (NG, GROUP)), axis=1)                                 # (NG,)
+                acc += tl.sum(s * (qx - z * xs[None, :]), axis=1)                               # (BN,)
+        if USE_DOT:
+            tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty),
+                     mask=(rm[:, None] < M) & (rn[None, :] < N))
+        else:
+            tl.store(out_ptr + pid_m * stride_om + rn, acc.to(out_ptr.dtype.element_ty), mask=rn < N)
+
+
+def _configs(use_dot: bool, M: int, group: int = 16) -> list:
+    """Autotuning candidates: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); BLOCK_K a multiple of the group."""
+    if not use_dot:
+        shapes = [(1, bn, bk, w, s) for bn in (4, 8, 16, 32) for bk in (128, 256, 512) for w in (2, 4, 8)
+                  for s in (1, 2, 3) if bn * bk <= 8192]
+    else:
+        bms = (16,) if M <= 16 else (16, 32, 64) if M <= 64 else (64, 128)
+        shapes = [(bm, bn, bk, w, s) for bm in bms for bn in (32, 64, 128) for bk in (64, 128, 256)
+                  for w in (4, 8) for s in (2, 3, 4) if bm * bn * bk <= 128 * 128 * 128]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": max(bk, group)}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s in shapes]
+
+
+_TUNED: dict[tuple, object] = {}
+
+
+def _kernel(name: str, use_dot: bool, M: int, group: int = 16):
+    """The kernel to launch: fixed small tiles in the interpreter, an autotuned one per M class on a GPU."""
+    kernel = int8_kernel if name == "int8" else int4_kernel
+    if INTERPRET:
+        return kernel, {"BLOCK_M": 16 if use_dot else 1, "BLOCK_N": 16, "BLOCK_K": max(32, group)}
+    m_class = 1 if not use_dot else 16 if M <= 16 else 64 if M <= 64 else 1 << 30
+    key = (name, use_dot, m_class, group)
+    if key not in _TUNED:
+        _TUNED[key] = triton.autotune(_configs(use_dot, M, group), key=["N", "K"])(kernel)
+    return _TUNED[key], {}
+
+
+def int8_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, use_dot: bool | None = None) -> torch.Tensor:
+    """x (M, K) float, q (N, K) int8, scale (N,) -> (M, N) in x's dtype."""
+    M, K = x.shape
+    N = q.shape[0]
+    use_dot = M > 1 if use_dot is None else use_dot
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    kernel, fixed = _kernel("int8", use_dot, M)
+
+    def grid(meta):
+        return triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"])
+
+    launch = kernel if INTERPRET else torch.library.wrap_triton(kernel)
+    launch[grid](x, q, scale, out, M, N, K, x.stride(0), q.stride(0), out.stride(0), USE_DOT=use_dot, **fixed)
+    return out
+
+
+def launch_group(group_size: int) -> int:
+    """The power-of-two GROUP the kernel iterates by: the group size, or for a single group (the whole
+    row, any length) the next power of two at least that long (one group covers the row either way)."""
+    return 1 << (group_size - 1).bit_length()
+
+
+def int4_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+                       use_dot: bool | None = None) -> torch.Tensor:
+    """x (M, K) float, q (N, K/2) uint8, scale/zero (N, G) -> (M, N) in x's dtype."""
+    M, K = x.shape
+    N, G = scale.shape
+    use_dot = M > 1 if use_dot is None else use_dot
+    group = launch_group(group_size)
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    kernel, fixed = _kernel("int4", use_dot, M, group)
+
+    def grid(meta):
+        return triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"])
+
+    launch = kernel if INTERPRET else torch.library.wrap_triton(kernel)
+    launch[grid](x, q, scale, zero, out, M, N, K, G, x.stride(0), q.stride(0), scale.stride(0), out.stride(0),
+                 GROUP=group, USE_DOT=use_dot, **fixed)
+    return out
+
+
+if triton is not None:
+    @torch.library.triton_op("llamafn::int8_matmul", mutates_args=())
+    def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """x (M, K) @ dequantised int8 weight (N, K)^T -> (M, N), on the GPU."""
+        return int8_matmul_launch(x, q, scale)
+
+    @torch.library.triton_op("llamafn::int4_matmul", mutates_args=())
+    def int4_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                    group_size: int) -> torch.Tensor:
+        """x (M, K) @ dequantised int4 weight (N, K)^T -> (M, N), on the GPU."""
+        return int4_matmul_launch(x, q, scale, zero, group_size)

@@ -1,0 +1,10 @@
+"""INT8 and INT4 weight-only quantisation as pure params transforms, and the `linear` that runs them."""
+
+from .formats import Int4Weight, Int8Weight, dequantize, is_quantized, quantize_int4, quantize_int8
+from .linear import embedding, linear
+from .transform import SCHEMES, dequantize_params, from_tensors, quantize, scheme_of, to_tensors
+
+__all__ = [
+    "Int4Weight", "Int8Weight", "SCHEMES", "dequantize", "dequantize_params", "embedding", "from_tensors",
+    "is_quantized", "linear", "quantize", "quantize_int4", "quantize_int8", "scheme_of", "to_tensors",
+]

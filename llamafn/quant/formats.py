@@ -1,0 +1,152 @@
+"""Quantised linear weights as data (DESIGN.md, convention 8): small NamedTuples of tensors that sit in
+the params dict where a (out_features, in_features) matrix sat.
+
+- `Int8Weight`: weight-only int8 with one symmetric scale per output channel, w ~ q * scale
+  (LLM.int8's vector-wise scheme without the outlier path, Dettmers et al. 2022; gpt-fast's int8).
+- `Int4Weight`: weight-only 4-bit with a scale and an integer zero point per group of `group_size`
+  consecutive inputs of a row, w ~ (q - zero) * scale (the asymmetric group-wise scheme of GPTQ/AWQ,
+  here with round-to-nearest), two values a byte: column 2j in the low nibble, 2j + 1 in the high one.
+
+Every field has the output channels on dim 0, so row gathers (embedding lookups) and row concatenation
+(`params.fuse`) act field by field. The group size is not stored: it is the power of two for which
+ceil(in_features / group_size) is the stored number of groups (the whole row when there is one group).
+Scales are kept in the model's float dtype and chosen so that the error bound holds for the *stored*
+scale: |w - dequantize(q)| <= scale / 2 everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+
+GROUP_SIZES = (16, 32, 64, 128, 256)
+
+
+class Int8Weight(NamedTuple):
+    q: torch.Tensor        # (N, K) int8 in [-127, 127]
+    scale: torch.Tensor    # (N,) float
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.scale.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
+
+
+class Int4Weight(NamedTuple):
+    q: torch.Tensor        # (N, K/2) uint8, two 4-bit values a byte
+    scale: torch.Tensor    # (N, G) float, G = ceil(K / group_size)
+    zero: torch.Tensor     # (N, G) uint8 in [0, 15]
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.q.shape[0], 2 * self.q.shape[1]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.scale.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
+
+    @property
+    def group_size(self) -> int:
+        K, G = self.shape[1], self.scale.shape[1]
+        return K if G == 1 else 1 << (-(-K // G) - 1).bit_length()
+
+
+QuantWeight = Int8Weight | Int4Weight
+
+
+def is_quantized(w: object) -> bool:
+    return isinstance(w, (Int8Weight, Int4Weight))
+
+
+def stored_scale(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`scale` (float32) rounded to `dtype`, never below its float32 value (so no value is clipped)."""
+    s = scale.to(dtype)
+    return torch.where(s.float() < scale, torch.nextafter(s, torch.full_like(s, float("inf"))), s)
+
+
+def quantize_int8(w: torch.Tensor) -> Int8Weight:
+    """w (N, K) float -> Int8Weight; the scale has w's dtype."""
+    w32 = w.float()
+    amax = w32.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
+    scale = stored_scale(amax / 127, w.dtype)                                  # (N,)
+    q = (w32 / scale.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
+    return Int8Weight(q, scale)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """(N, K) integers in [0, 15], K even -> (N, K/2) uint8, column 2j low nibble, 2j + 1 high."""
+    q = q.to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of pack_int4: (N, K/2) uint8 -> (N, K) uint8."""
+    return torch.stack([packed & 0xF, packed >> 4], dim=-1).flatten(-2)      # (N, K/2, 2) -> (N, K)
+
+
+def quantize_int4(w: torch.Tensor, group_size: int = 128) -> Int4Weight:
+    """w (N, K) float, K even -> Int4Weight with groups of `group_size` inputs (a power of two; the last
+    group of a row may be shorter); scales have w's dtype."""
+    if group_size not in GROUP_SIZES:
+        raise InputError(f"int4 group_size must be one of {GROUP_SIZES}, got {group_size}")
+    N, K = w.shape
+    if K % 2:
+        raise InputError(f"int4 needs an even number of input features, got a weight of shape {tuple(w.shape)}")
+    G = -(-K // group_size)
+    padded = F.pad(w.float(), (0, G * group_size - K))                       # (N, G*g), zeros past K
+    groups = padded.view(N, G, group_size)                                   # (N, G, g)
+    lo, hi = groups.amin(dim=2).clamp_max(0), groups.amax(dim=2).clamp_min(0)
+    scale = stored_scale(((hi - lo) / 15).clamp_min(torch.finfo(torch.float32).tiny), w.dtype)   # (N, G)
+    s = scale.float()
+    zero = (-lo / s).round().clamp(0, 15)                                    # (N, G)
+    q = ((groups / s[..., None]).round() + zero[..., None]).clamp(0, 15)     # (N, G, g)
+    return Int4Weight(pack_int4(q.view(N, -1)[:, :K]), scale, zero.to(torch.uint8))
+
+
+def dequantize(w: QuantWeight, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The float matrix (N, K) a quantised weight stands for, in `dtype` (default: the scale's)."""
+    dtype = dtype or w.dtype
+    if isinstance(w, Int8Weight):
+        return (w.q.float() * w.scale.float()[:, None]).to(dtype)
+    N, K = w.shape
+    g = w.group_size
+    q = unpack_int4(w.q).float()                                             # (N, K)
+    per_column = torch.arange(K, device=q.device) // g                       # (K,) group of each input
+    return ((q - w.zero.float()[:, per_column]) * w.scale.float()[:, per_column]).to(dtype)
+
+
+def quantize_weight(w: torch.Tensor, scheme: str, group_size: int = 128) -> QuantWeight:
+    if scheme == "int8":
+        return quantize_int8(w)
+    if scheme == "int4":
+        return quantize_int4(w, group_size)
+    raise InputError(f"unknown quantization scheme {scheme!r}; available: int8, int4")
+
+
+def check_weight(w: QuantWeight, key: str) -> None:
+    """Raise InputError unless the fields of a quantised weight fit together (shapes only, so it works
+    on lazily read and meta tensors)."""
+    q, scale = tuple(w.q.shape), tuple(w.scale.shape)
+    if len(q) != 2 or scale[:1] != q[:1]:
+        raise InputError(f"{key}: quantized weight fields do not fit: q {q}, scale {scale}")
+    if isinstance(w, Int4Weight):
+        zero, K = tuple(w.zero.shape), 2 * q[1]
+        if len(scale) != 2 or zero != scale or not 1 <= scale[1] <= K or -(-K // w.group_size) != scale[1]:
+            raise InputError(f"{key}: int4 fields do not fit: q {q} (so {K} inputs), scale {scale}, zero {zero}")
+    elif len(scale) != 1:
+        raise InputError(f"{key}: int8 scale must have shape ({q[0]},), got {scale}")

@@ -1,0 +1,43 @@
+"""The one matrix product of the model (DESIGN.md, convention 8): `linear(x, w)` dispatches on the
+weight's type, so every layer works unchanged on float and on quantised params.
+
+- a float tensor: `F.linear`;
+- `Int8Weight` / `Int4Weight` on a GPU, with at most `KERNEL_MAX_ROWS` rows of activations (decode):
+  the fused dequantise-matmul Triton kernels (llamafn.kernels.quant_matmul), which read each weight
+  byte once;
+- otherwise (the CPU, or prefill's many rows, where the product is compute-bound and one dequantise
+  pass is small next to it): dequantise to the activations' dtype and `F.linear` (cuBLAS).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels import quant_matmul
+from .formats import Int4Weight, Int8Weight, dequantize
+
+KERNEL_MAX_ROWS = 64
+
+
+def linear(x: torch.Tensor, w: torch.Tensor | Int8Weight | Int4Weight) -> torch.Tensor:
+    """x (..., K) @ w (N, K)^T -> (..., N), in x's dtype."""
+    if isinstance(w, torch.Tensor):
+        return F.linear(x, w)
+    rows = x.reshape(-1, x.shape[-1])                                           # (M, K)
+    if x.is_cuda and quant_matmul.triton is not None and rows.shape[0] <= KERNEL_MAX_ROWS:
+        if isinstance(w, Int8Weight):
+            out = torch.ops.llamafn.int8_matmul(rows.contiguous(), w.q, w.scale)
+        else:
+            out = torch.ops.llamafn.int4_matmul(rows.contiguous(), w.q, w.scale, w.zero, w.group_size)
+    else:
+        out = F.linear(rows, dequantize(w, x.dtype))
+    return out.view(*x.shape[:-1], out.shape[-1])                              # (..., N)
+
+
+def embedding(tokens: torch.Tensor, w: torch.Tensor | Int8Weight | Int4Weight, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """tokens (...) -> rows of w (..., dim); a quantised table dequantises only the rows looked up."""
+    if isinstance(w, torch.Tensor):
+        return F.embedding(tokens, w)
+    rows = type(w)(*(f[tokens.reshape(-1)] for f in w))                         # the looked-up rows, every field
+    return dequantize(rows, dtype).view(*tokens.shape, -1)                      # (..., dim)

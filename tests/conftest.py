@@ -18,6 +18,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# Triton kernels run in Triton's interpreter on a machine without a GPU (DESIGN.md, Testing); the
+# variable must be set before llamafn's kernels are decorated, so before any test imports llamafn.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 
 

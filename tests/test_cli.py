@@ -40,6 +40,25 @@ def test_info_and_convert(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_convert_quantize_then_generate(tmp_path, capsys):
+    """`convert --quantize` writes a native int4 checkpoint that `info` reports and `generate` runs;
+    exporting it to another format writes its dequantized weights; bad requests are one-line errors."""
+    assert main(["convert", "target", str(tmp_path / "q4"), "--quantize", "int4", "--group-size", "64"]) == 0
+    assert "int4 g64" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "q4")]) == 0
+    assert "quantization    int4" in capsys.readouterr().out
+    assert main(["generate", "--model", str(tmp_path / "q4"), "--temperature", "0", "--max-new-tokens", "8",
+                 "def f(x):"]) == 0
+    assert capsys.readouterr().out.startswith("def f(x):")
+    assert main(["convert", str(tmp_path / "q4"), str(tmp_path / "hf"), "--format", "hf"]) == 0
+    assert "dequantized" in capsys.readouterr().err
+    assert lf.load(tmp_path / "hf")[0]["layers.0.attention.wq.weight"].__class__ is torch.Tensor
+    assert main(["convert", "target", str(tmp_path / "x"), "--quantize", "int4", "--format", "hf"]) == 1
+    assert "native format only" in capsys.readouterr().err
+    assert main(["convert", "target", str(tmp_path / "y"), "--quantize", "int4", "--group-size", "48"]) == 1
+    assert "group_size must be one of" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llamafn", *args], capture_output=True, text=True, timeout=120)
 

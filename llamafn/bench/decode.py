@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -94,7 +95,7 @@ def compiled_decode(params: Params, cfg: ModelConfig, batch: int, prompt_len: in
 
     step_s = cuda_time(decode) / new_tokens
     bytes_needed = step_bytes(params, cfg, batch, prompt_len + new_tokens / 2)
-    n_matmul = sum(t.numel() for k, t in params.items() if k != "tok_embeddings.weight" and t.dim() == 2)
+    n_matmul = sum(math.prod(t.shape) for k, t in params.items() if k != "tok_embeddings.weight" and len(t.shape) == 2)
     return {
         "batch": batch, "prompt": prompt_len, "new_tokens": new_tokens, "attention": attention,
         "cache_len": cache_len, "tok_s": round(batch / step_s, 1), "step_ms": round(step_s * 1e3, 3),

@@ -23,24 +23,23 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 
-GROUP_SIZES = (16, 32, 64, 128, 256)
+GROUP_SIZES = (32, 64, 128, 256)
+
+# What a quantised weight answers in place of a tensor: its float dtype (the scales') and its device.
+SCALE_DTYPE = property(lambda w: w.scale.dtype)
+DEVICE = property(lambda w: w.q.device)
 
 
 class Int8Weight(NamedTuple):
     q: torch.Tensor        # (N, K) int8 in [-127, 127]
     scale: torch.Tensor    # (N,) float
 
+    dtype = SCALE_DTYPE
+    device = DEVICE
+
     @property
     def shape(self) -> torch.Size:
         return self.q.shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.scale.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.q.device
 
 
 class Int4Weight(NamedTuple):
@@ -48,17 +47,12 @@ class Int4Weight(NamedTuple):
     scale: torch.Tensor    # (N, G) float, G = ceil(K / group_size)
     zero: torch.Tensor     # (N, G) uint8 in [0, 15]
 
+    dtype = SCALE_DTYPE
+    device = DEVICE
+
     @property
     def shape(self) -> torch.Size:
         return torch.Size((self.q.shape[0], 2 * self.q.shape[1]))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.scale.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.q.device
 
     @property
     def group_size(self) -> int:
@@ -146,7 +140,8 @@ def check_weight(w: QuantWeight, key: str) -> None:
         raise InputError(f"{key}: quantized weight fields do not fit: q {q}, scale {scale}")
     if isinstance(w, Int4Weight):
         zero, K = tuple(w.zero.shape), 2 * q[1]
-        if len(scale) != 2 or zero != scale or not 1 <= scale[1] <= K or -(-K // w.group_size) != scale[1]:
+        if (len(scale) != 2 or zero != scale or not 1 <= scale[1] <= K or -(-K // w.group_size) != scale[1]
+                or (scale[1] > 1 and w.group_size not in GROUP_SIZES)):
             raise InputError(f"{key}: int4 fields do not fit: q {q} (so {K} inputs), scale {scale}, zero {zero}")
     elif len(scale) != 1:
         raise InputError(f"{key}: int8 scale must have shape ({q[0]},), got {scale}")

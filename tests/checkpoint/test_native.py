@@ -68,3 +68,40 @@ def test_unknown_folder_says_what_it_found(tmp_path):
         lf.load(tmp_path)
     with pytest.raises(CheckpointError, match="no such file"):
         lf.load(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("scheme, group", [("int8", 128), ("int4", 32)])
+def test_quantized_round_trip_reads_the_stored_integers(tmp_path, params, scheme, group):
+    from llamafn.quant import is_quantized, quantize
+
+    q = quantize(params, scheme, group_size=group)
+    lf.save(tmp_path / "q", q, CFG)
+    loaded, cfg = lf.load(tmp_path / "q", dtype=torch.float32)
+    assert cfg == CFG and loaded.keys() == q.keys()
+    for key, value in q.items():
+        if is_quantized(value):
+            assert type(loaded[key]) is type(value)
+            assert all(torch.equal(a, b) for a, b in zip(loaded[key], value) if not b.is_floating_point())
+            assert loaded[key].scale.dtype == torch.float32 and torch.equal(loaded[key].scale, value.scale.float())
+    on_meta, _ = lf.load(tmp_path / "q", device="meta")
+    assert is_quantized(on_meta["layers.0.attention.wq.weight"])
+
+
+def test_quantized_checkpoint_with_a_missing_or_misshapen_field_is_named(tmp_path, params):
+    from safetensors.torch import load_file, save_file
+
+    from llamafn.quant import quantize
+
+    lf.save(tmp_path / "q", quantize(params, "int4", group_size=32), CFG)
+    path = tmp_path / "q" / "model.safetensors"
+    tensors = load_file(path)
+    broken = dict(tensors)
+    del broken["layers.1.feed_forward.w2.weight.zero"]
+    save_file(broken, path)
+    with pytest.raises(CheckpointError, match="layers.1.feed_forward.w2.weight"):
+        lf.load(tmp_path / "q")
+    broken = dict(tensors)
+    broken["layers.0.feed_forward.w2.weight.scale"] = broken["layers.0.feed_forward.w2.weight.scale"][:, :1].contiguous()
+    save_file(broken, path)
+    with pytest.raises(CheckpointError, match="layers.0.feed_forward.w2.weight"):
+        lf.load(tmp_path / "q")

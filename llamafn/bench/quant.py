@@ -1,0 +1,156 @@
+"""Quantisation benchmark on one GPU, Llama-2-7B shapes with random weights, everything in one run:
+
+- kernels: x @ W^T for each 7B layer shape (wqkv, wo, w13, w2) and several row counts M, bf16 cuBLAS
+  against the int8 and int4 Triton kernels and against dequantise + cuBLAS, as time and as the weight
+  bytes read per second next to the copy bandwidth (each timing cycles through enough copies of the
+  weight that none of it is served from L2);
+- quality: logits of a 128-token forward, quantised against bf16 (max and mean absolute error,
+  relative RMS error, top-1 agreement);
+- decode: compiled decode (the `bench decode` harness: CUDA-graph step, static cache, fused weights)
+  for bf16 and each scheme, tokens/s and the fraction of the roofline for the bytes actually read.
+
+    python scripts/bench_quant.py --schemes bf16,int8,int4-g128 --batch-sizes 1,8,32
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from ..config import preset
+from ..model import forward
+from ..params import fuse, init_params, nbytes
+from ..quant import dequantize, quantize
+from ..quant.formats import quantize_weight
+from .ceilings import cuda_time, measure, write_results
+from .decode import compiled_decode, log
+from .verify import graphed
+
+L2_DEFEAT_BYTES = 512 << 20
+
+
+def parse_scheme(name: str) -> tuple[str, int]:
+    """'int4-g32' -> ('int4', 32); 'int8' -> ('int8', 0); 'bf16' -> ('bf16', 0)."""
+    scheme, _, group = name.partition("-g")
+    return scheme, int(group or 0)
+
+
+def time_rotating(fn, weights: list, x: torch.Tensor) -> float:
+    """Seconds per call of fn(x, w) on the GPU, cycling through `weights`, replayed as one CUDA graph
+    (so host-side launch cost is out, as in the compiled decode step; median of 3)."""
+    def run():
+        for w in weights:
+            fn(x, w)
+    replay = graphed(run)
+    return sorted(cuda_time(replay, repeat=3) for _ in range(3))[1] / len(weights)
+
+
+def weight_bytes(w) -> int:
+    return sum(t.numel() * t.element_size() for t in (w if isinstance(w, tuple) else (w,)))
+
+
+def kernel_rows(cfg, rows: list[int], schemes: list[str], copy_GBps: float) -> list[dict]:
+    shapes = {"wqkv": ((cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, cfg.dim), "wo": (cfg.dim, cfg.dim),
+              "w13": (2 * cfg.hidden_dim, cfg.dim), "w2": (cfg.dim, cfg.hidden_dim)}
+    gen = torch.Generator("cuda").manual_seed(0)
+    out = []
+    for name, (N, K) in shapes.items():
+        dense = torch.randn(N, K, device="cuda", generator=gen, dtype=torch.bfloat16) * K ** -0.5
+        variants = {}
+        for s in schemes:
+            scheme, group = parse_scheme(s)
+            w = dense if scheme == "bf16" else quantize_weight(dense, scheme, group or 128)
+            n_copies = max(1, -(-L2_DEFEAT_BYTES // weight_bytes(w)))
+            variants[s] = (w, [w] + [type(w)(*(f.clone() for f in w)) if isinstance(w, tuple) else w.clone()
+                                     for _ in range(n_copies - 1)])
+        for M in rows:
+            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
+            for s, (w, copies) in variants.items():
+                paths = {"cuBLAS": lambda x, w: F.linear(x, w)} if s == "bf16" else {
+                    "triton": (lambda x, w: torch.ops.llamafn.int8_matmul(x, w.q, w.scale)) if s == "int8" else
+                              (lambda x, w: torch.ops.llamafn.int4_matmul(x, w.q, w.scale, w.zero, w.group_size))}
+                if s != "bf16" and M >= 128:
+                    paths["dequantize + cuBLAS"] = lambda x, w: F.linear(x, dequantize(w, x.dtype))
+                for path, fn in paths.items():
+                    t = time_rotating(fn, copies, x)
+                    gbps = weight_bytes(w) / t / 1e9
+                    out.append({"layer": name, "N": N, "K": K, "M": M, "weights": s, "path": path,
+                                "us": round(t * 1e6, 1), "weight_GBps": round(gbps, 1),
+                                "copy_fraction": round(gbps / copy_GBps, 3)})
+                    log(out[-1])
+        del variants, dense
+    return out
+
+
+def quality(params, cfg, schemes: list[str]) -> list[dict]:
+    """Logit error of each scheme against bf16 on a 128-token forward of the random 7B model."""
+    tokens = torch.randint(0, cfg.vocab_size, (1, 128), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    ref, _ = forward(params, tokens, cfg=cfg)
+    out = []
+    for s in schemes:
+        scheme, group = parse_scheme(s)
+        if scheme == "bf16":
+            continue
+        logits, _ = forward(quantize(params, scheme, group_size=group or 128), tokens, cfg=cfg)
+        err = (logits - ref).abs()
+        out.append({"weights": s, "max_abs_err": round(err.max().item(), 4), "mean_abs_err": round(err.mean().item(), 5),
+                    "relative_rms_err": round(((logits - ref).norm() / ref.norm()).item(), 5),
+                    "top1_agreement": round((logits.argmax(-1) == ref.argmax(-1)).float().mean().item(), 4),
+                    "logit_std": round(ref.std().item(), 4)})
+        log(out[-1])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench_quant", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="llama-2-7b")
+    ap.add_argument("--schemes", default="bf16,int8,int4-g128,int4-g32")
+    ap.add_argument("--decode-schemes", help="schemes for the decode part (default: --schemes)")
+    ap.add_argument("--batch-sizes", default="1")
+    ap.add_argument("--kernel-rows", default="1,8,32,512", help="row counts M for the kernel table")
+    ap.add_argument("--new-tokens", type=int, default=200)
+    ap.add_argument("--parts", default="kernels,quality,decode")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_quant: needs a CUDA GPU", file=sys.stderr)
+        return 1
+    cfg, schemes, parts = preset(args.preset), args.schemes.split(","), args.parts.split(",")
+    results: dict = {"benchmark": "quant", "preset": args.preset,
+                     "command": "python scripts/bench_quant.py " + " ".join(argv or sys.argv[1:]),
+                     "ceilings": measure(), "kernels": [], "quality": [], "decode": []}
+    log(results["ceilings"])
+
+    def save() -> None:
+        write_results(results, args.out, "quant")
+
+    if "kernels" in parts:
+        results["kernels"] = kernel_rows(cfg, [int(m) for m in args.kernel_rows.split(",")], schemes,
+                                         results["ceilings"]["copy_GBps"])
+        save()
+    params = fuse(init_params(cfg, generator=torch.Generator("cuda").manual_seed(0), dtype=torch.bfloat16, device="cuda"))
+    if "quality" in parts:
+        results["quality"] = quality(params, cfg, schemes)
+        save()
+    if "decode" in parts:
+        for s in (args.decode_schemes or args.schemes).split(","):
+            scheme, group = parse_scheme(s)
+            p = params if scheme == "bf16" else quantize(params, scheme, group_size=group or 128)
+            for batch in map(int, args.batch_sizes.split(",")):
+                r = compiled_decode(p, cfg, batch, 5, args.new_tokens, "sdpa", results["ceilings"])
+                r.update(weights=s, weight_GB=round(nbytes(p) / 1e9, 3))
+                results["decode"].append(r)
+                log(r)
+                save()
+            del p
+            torch.compiler.reset()
+            torch.cuda.empty_cache()
+    print(f"wrote {write_results(results, args.out, 'quant')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

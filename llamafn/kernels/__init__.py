@@ -2,5 +2,6 @@
 reference, and backends are chosen by name."""
 
 from .registry import backends, get, register
+from . import flash_attention  # noqa: E402,F401  (registers the "triton" attention backend)
 
 __all__ = ["backends", "get", "register"]

@@ -26,7 +26,7 @@ BACKENDS = st.sampled_from(["reference", "sdpa", "grouped"])
 
 
 def test_the_backends_are_registered():
-    assert {"reference", "sdpa", "grouped"} <= set(backends("attention"))
+    assert {"reference", "sdpa", "grouped", "triton"} <= set(backends("attention"))
 
 
 @given(qkv(), st.sampled_from(["sdpa", "grouped"]), st.integers(0, 5))

@@ -1,0 +1,261 @@
+"""FlashAttention-2 forward in Triton (Dao 2023, "FlashAttention-2: Faster Attention with Better
+Parallelism and Work Partitioning"), and flash-decoding for one-token steps (Dao, Haziza, Massa and
+Sizov 2023, "Flash-Decoding for long-context inference"): the attention backend "triton".
+
+One kernel serves every prefill layout. Each sequence b has its queries at rows q_start[b] ..
+q_start[b] + q_len[b] - 1 and its keys at k_start[b] .. k_start[b] + k_len[b] - 1 of the sequence
+axis (plus b times the batch stride), and each query a position: key j of its sequence is visible iff
+j <= position (causal) or j < k_len (not causal). That covers
+- the padded batch with a dense cache (the model's layout): q_start = k_start = 0, positions from
+  `cache.lengths`, so a cached prefix (chunked prefill) and ragged rows need nothing else;
+- packed variable-length batches (`cu_seqlens`, batch stride 0): `flash_attention_varlen`.
+Per (query block, head) program: K/V tiles stream through SRAM with an online softmax in fp32 (exp2,
+the running max and sum rescaled per tile), nothing of size T x S is ever written. GQA/MQA maps query
+head h to KV head h // (H / Hkv) without repeating K/V.
+
+Decode (a few query rows a KV head) is split along the keys instead (`flash_decode`): one program per
+(row, KV head, split) takes every query head of the group as its rows, so K and V are read once per
+group, and a second kernel merges the splits' partial softmaxes. Batch-1 long-context decode then
+spreads over the whole GPU.
+
+Head dims up to 256 (padded to a power of two >= 16). Registered as custom ops
+(`torch.ops.llamafn.flash_attention`, `flash_decode`) so compiled steps capture them with fullgraph;
+in Triton's interpreter (TRITON_INTERPRET=1) the launchers run on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import InputError
+from .quant_matmul import INTERPRET, triton
+from .registry import register
+
+if triton is not None:
+    import triton.language as tl
+
+    @triton.jit
+    def flash_fwd_kernel(Q, K, V, O, POS, Q_START, Q_LEN, K_START, K_LEN, qk_scale,
+                         sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, spb, H, GROUP, D,
+                         CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+        pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
+        b, h = pid_bh // H, pid_bh % H
+        hk = h // GROUP
+        q_len = tl.load(Q_LEN + b)
+        q_start, k_start, k_len = tl.load(Q_START + b), tl.load(K_START + b), tl.load(K_LEN + b)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                                  # (BM,) query rows
+        rd = tl.arange(0, BLOCK_D)                                                    # (BD,)
+        row_ok = rm < q_len
+        q = tl.load(Q + b * sqb + h * sqh + (q_start + rm)[:, None] * sqt + rd[None, :],
+                    mask=row_ok[:, None] & (rd[None, :] < D), other=0.0)              # (BM, BD)
+        if CAUSAL:
+            pos = tl.load(POS + b * spb + q_start + rm, mask=row_ok, other=-1)        # (BM,)
+            hi = tl.minimum(tl.max(pos, axis=0) + 1, k_len)
+        else:
+            pos = tl.zeros((BLOCK_M,), dtype=tl.int32)
+            hi = k_len
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        for n0 in range(0, hi, BLOCK_N):
+            rn = n0 + tl.arange(0, BLOCK_N)                                           # (BN,) key indices
+            k = tl.load(K + b * skb + hk * skh + (k_start + rn)[None, :] * skt + rd[:, None],
+                        mask=(rn[None, :] < hi) & (rd[:, None] < D), other=0.0)       # (BD, BN)
+            s = tl.dot(q, k) * qk_scale                                               # (BM, BN), log2 units
+            visible = rn[None, :] < hi
+            if CAUSAL:
+                visible = visible & (rn[None, :] <= pos[:, None])
+            s = tl.where(visible, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)                     # rows with nothing visible yet
+            p = tl.exp2(s - m_safe[:, None])                                          # (BM, BN)
+            alpha = tl.exp2(m_i - m_safe)
+            v = tl.load(V + b * svb + hk * svh + (k_start + rn)[:, None] * svt + rd[None, :],
+                        mask=(rn[:, None] < hi) & (rd[None, :] < D), other=0.0)       # (BN, BD)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        tl.store(O + b * sob + h * soh + (q_start + rm)[:, None] * sot + rd[None, :], out.to(O.dtype.element_ty),
+                 mask=row_ok[:, None] & (rd[None, :] < D))
+
+    @triton.jit
+    def flash_decode_kernel(Q, K, V, POS, PART_O, PART_ML, qk_scale, S, T, Hkv, GROUP, D, CHUNK,
+                            sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, spb,
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+        """One split of the keys for every query of one KV head: rows r = (head in group) * T + t."""
+        pid_bk, split = tl.program_id(0), tl.program_id(1)
+        n_splits = tl.num_programs(1)
+        b, hk = pid_bk // Hkv, pid_bk % Hkv
+        rr = tl.arange(0, BLOCK_M)                                                    # (BM,) rows
+        row_ok = rr < GROUP * T
+        g, t = rr // T, rr % T
+        rd = tl.arange(0, BLOCK_D)
+        q = tl.load(Q + b * sqb + (hk * GROUP + g)[:, None] * sqh + t[:, None] * sqt + rd[None, :],
+                    mask=row_ok[:, None] & (rd[None, :] < D), other=0.0)              # (BM, BD)
+        pos = tl.load(POS + b * spb + t, mask=row_ok, other=-1)                       # (BM,)
+        lo = split * CHUNK
+        hi = tl.minimum(tl.minimum(lo + CHUNK, tl.max(pos, axis=0) + 1), S)
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        for n0 in range(lo, hi, BLOCK_N):
+            rn = n0 + tl.arange(0, BLOCK_N)
+            k = tl.load(K + b * skb + hk * skh + rn[None, :] * skt + rd[:, None],
+                        mask=(rn[None, :] < hi) & (rd[:, None] < D), other=0.0)       # (BD, BN)
+            s = tl.dot(q, k) * qk_scale                                               # (BM, BN)
+            s = tl.where((rn[None, :] < hi) & (rn[None, :] <= pos[:, None]), s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(s - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
+            v = tl.load(V + b * svb + hk * svh + rn[:, None] * svt + rd[None, :],
+                        mask=(rn[:, None] < hi) & (rd[None, :] < D), other=0.0)       # (BN, BD)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        base = (pid_bk * n_splits + split) * BLOCK_M + rr                             # (BM,) scratch rows
+        tl.store(PART_O + base[:, None] * BLOCK_D + rd[None, :], acc)
+        tl.store(PART_ML + base * 2, m_i)
+        tl.store(PART_ML + base * 2 + 1, l_i)
+
+    @triton.jit
+    def flash_decode_merge_kernel(PART_O, PART_ML, O, T, Hkv, GROUP, D, N_SPLITS, sob, soh, sot,
+                                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Merge the splits' (acc, max, sum) of one KV head's rows: out = sum_i e^(m_i - m) acc_i / sum_i e^(m_i - m) l_i."""
+        pid_bk = tl.program_id(0)
+        b, hk = pid_bk // Hkv, pid_bk % Hkv
+        rr = tl.arange(0, BLOCK_M)
+        rd = tl.arange(0, BLOCK_D)
+        m = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        for i in range(0, N_SPLITS):
+            m = tl.maximum(m, tl.load(PART_ML + ((pid_bk * N_SPLITS + i) * BLOCK_M + rr) * 2))
+        m_safe = tl.where(m == float("-inf"), 0.0, m)
+        l = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        for i in range(0, N_SPLITS):
+            base = (pid_bk * N_SPLITS + i) * BLOCK_M + rr
+            w = tl.exp2(tl.load(PART_ML + base * 2) - m_safe)                         # (BM,) 0 for empty splits
+            l += w * tl.load(PART_ML + base * 2 + 1)
+            acc += w[:, None] * tl.load(PART_O + base[:, None] * BLOCK_D + rd[None, :])
+        out = acc / tl.where(l == 0.0, 1.0, l)[:, None]
+        g, t = rr // T, rr % T
+        tl.store(O + b * sob + (hk * GROUP + g)[:, None] * soh + t[:, None] * sot + rd[None, :],
+                 out.to(O.dtype.element_ty), mask=(rr < GROUP * T)[:, None] & (rd[None, :] < D))
+
+
+def _launcher(kernel):
+    return kernel if INTERPRET else torch.library.wrap_triton(kernel)
+
+
+def block_d(D: int) -> int:
+    if D > 256:
+        raise InputError(f"the triton attention backend supports head dims up to 256, got {D}")
+    return max(16, 1 << (D - 1).bit_length())
+
+
+def flash_attention_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor | None,
+                           q_start: torch.Tensor, q_len: torch.Tensor, k_start: torch.Tensor, k_len: torch.Tensor,
+                           max_q_len: int, batch_strides: bool = True, causal: bool = True) -> torch.Tensor:
+    """The general prefill launcher over (batch, head, sequence, dim)-strided q/k/v (see the module doc).
+    q (B, H, T, D) or packed (1, H, total, D) with batch_strides False; likewise k/v with Hkv heads."""
+    B = q_len.shape[0]
+    H, D, Hkv = q.shape[1], q.shape[3], k.shape[1]
+    out = torch.empty_like(q)
+    if pos is None:
+        pos = torch.zeros(1, 1, dtype=torch.int32, device=q.device)
+    BLOCK_M, BLOCK_N = (16, 16) if INTERPRET else (128 if D <= 64 else 64, 64)
+    stride = (lambda t: t.stride(0)) if batch_strides else (lambda t: 0)
+    grid = (triton.cdiv(max(max_q_len, 1), BLOCK_M), B * H)
+    _launcher(flash_fwd_kernel)[grid](
+        q, k, v, out, pos, q_start, q_len, k_start, k_len, 1.4426950408889634 / math.sqrt(D),
+        stride(q), q.stride(1), q.stride(2), stride(k), k.stride(1), k.stride(2), stride(v), v.stride(1), v.stride(2),
+        stride(out), out.stride(1), out.stride(2), pos.stride(0) if batch_strides else 0, H, H // Hkv, D,
+        CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=block_d(D),
+        **({} if INTERPRET else {"num_warps": 4 if D <= 64 else 8, "num_stages": 3}))
+    return out
+
+
+def decode_splits(batch: int, n_kv_heads: int, n_keys: int, block_n: int) -> int:
+    """Splits of the key axis: enough programs for ~2 waves on a large GPU, each at least one tile
+    (at most 2 in the interpreter, where every program costs milliseconds)."""
+    waves = 2 if INTERPRET else 264
+    return max(1, min(triton.cdiv(n_keys, block_n), triton.cdiv(waves, batch * n_kv_heads)))
+
+
+def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """q (B, H, T, D) with few rows per KV group (decode), k/v (B, Hkv, S, D), pos (B, T) -> (B, H, T, D)."""
+    B, H, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    group = H // Hkv
+    BLOCK_M, BLOCK_N, BLOCK_D = max(16, 1 << (group * T - 1).bit_length()), 64, block_d(D)
+    n_splits = decode_splits(B, Hkv, S, BLOCK_N)
+    chunk = triton.cdiv(triton.cdiv(S, n_splits), BLOCK_N) * BLOCK_N
+    part_o = torch.empty(B * Hkv * n_splits * BLOCK_M, BLOCK_D, dtype=torch.float32, device=q.device)
+    part_ml = torch.empty(B * Hkv * n_splits * BLOCK_M, 2, dtype=torch.float32, device=q.device)
+    out = torch.empty_like(q)
+    warps = {} if INTERPRET else {"num_warps": 4, "num_stages": 3}
+    _launcher(flash_decode_kernel)[(B * Hkv, n_splits)](
+        q, k, v, pos, part_o, part_ml, 1.4426950408889634 / math.sqrt(D), S, T, Hkv, group, D, chunk,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), pos.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, **warps)
+    _launcher(flash_decode_merge_kernel)[(B * Hkv,)](
+        part_o, part_ml, out, T, Hkv, group, D, n_splits, out.stride(0), out.stride(1), out.stride(2),
+        BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, **({} if INTERPRET else {"num_warps": 4}))
+    return out
+
+
+DECODE_MAX_ROWS = 64
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None) -> torch.Tensor:
+    """The model's layout: q (B, H, T, D), k/v (B, Hkv, S, D), query positions (B, T) or None (causal, S == T)."""
+    B, H, T, _ = q.shape
+    if q_pos is not None and (H // k.shape[1]) * T <= DECODE_MAX_ROWS:
+        return flash_decode_launch(q, k, v, q_pos.to(torch.int32))
+    zeros = torch.zeros(B, dtype=torch.int32, device=q.device)
+    if q_pos is None:
+        q_pos = torch.arange(T, dtype=torch.int32, device=q.device).expand(B, T)
+        k_len = torch.full((B,), T, dtype=torch.int32, device=q.device)
+    else:
+        q_pos = q_pos.to(torch.int32)
+        k_len = torch.full((B,), k.shape[2], dtype=torch.int32, device=q.device)
+    q_len = torch.full((B,), T, dtype=torch.int32, device=q.device)
+    return flash_attention_launch(q, k, v, q_pos, zeros, q_len, zeros, k_len, T)
+
+
+def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                           cu_seqlens_k: torch.Tensor, max_seqlen_q: int, causal: bool = True) -> torch.Tensor:
+    """Packed variable-length attention: q (total_q, H, D), k/v (total_k, Hkv, D), sequence i at rows
+    cu_seqlens[i] .. cu_seqlens[i+1] - 1. Causal aligns each sequence's queries with the end of its keys
+    (the last query sees every key), as for a chunk of new tokens after a cached prefix. -> (total_q, H, D)."""
+    if q.dim() != 3 or k.dim() != 3 or q.shape[1] % k.shape[1] or cu_seqlens_q.shape != cu_seqlens_k.shape:
+        raise InputError(f"flash_attention_varlen: need q (total, H, D), k/v (total, Hkv, D) with Hkv dividing H "
+                         f"and cu_seqlens of one length, got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"cu_seqlens {tuple(cu_seqlens_q.shape)} and {tuple(cu_seqlens_k.shape)}")
+    q_start, k_start = cu_seqlens_q[:-1].int(), cu_seqlens_k[:-1].int()
+    q_len, k_len = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).int(), (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).int()
+    seq = torch.repeat_interleave(torch.arange(len(q_len), device=q.device), q_len, output_size=q.shape[0])
+    pos = (torch.arange(q.shape[0], device=q.device) - q_start[seq] + (k_len - q_len)[seq]).int()   # (total_q,)
+    as_4d = [t.transpose(0, 1)[None] for t in (q, k, v)]                         # (1, heads, total, D) views
+    out = flash_attention_launch(*as_4d, pos, q_start, q_len, k_start, k_len, max_seqlen_q,
+                                 batch_strides=False, causal=causal)
+    return out[0].transpose(0, 1)                                               # (total_q, H, D)
+
+
+if triton is not None:
+    @torch.library.triton_op("llamafn::flash_attention", mutates_args=())
+    def flash_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None) -> torch.Tensor:
+        """The "triton" attention backend on a GPU (prefill and decode), as one op for torch.compile."""
+        return dense_attention(q, k, v, q_pos)
+
+
+@register("attention", "triton")
+def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None) -> torch.Tensor:
+    if triton is None or not (q.is_cuda or INTERPRET):
+        raise InputError("the triton attention backend needs a CUDA GPU (or TRITON_INTERPRET=1 with triton installed)")
+    if q.is_cuda:
+        return torch.ops.llamafn.flash_attention(q, k, v, q_pos)
+    return dense_attention(q, k, v, q_pos)

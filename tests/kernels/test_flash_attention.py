@@ -1,0 +1,107 @@
+"""The "triton" attention backend (FlashAttention-2 prefill, flash-decoding) against the reference
+formula, in Triton's interpreter on the CPU (float32/float16) and natively on a GPU (bf16 too).
+
+Tolerances: float32 1e-4 absolute (outputs are convex combinations of unit-normal values, so O(1));
+float16/bfloat16 the dtype's rounding of the probabilities and the output, 1e-2 / 3e-2."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import llamafn as lf
+from llamafn.errors import InputError
+from llamafn.kernels import flash_attention as fa
+from llamafn.model.attention import reference_attention
+from tests.strategies import seeds
+
+pytestmark = pytest.mark.skipif(fa.triton is None, reason="triton is not installed")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+
+@st.composite
+def shapes(draw, max_t: int = 40):
+    """(B, H, Hkv, T, S, D): GQA ratios 1/2/4/8, lengths off the block sizes, head dims 8..128."""
+    hkv = draw(st.integers(1, 2))
+    return (draw(st.integers(1, 3)), hkv * draw(st.sampled_from([1, 2, 4, 8])), hkv, draw(st.integers(1, max_t)),
+            draw(st.integers(0, 40)), draw(st.sampled_from([8, 16, 64, 128])))
+
+
+def tensors(seed, B, H, Hkv, T, S, D, dtype):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g).to(DEVICE, dtype) for shape in ((B, H, T, D), (B, Hkv, S, D), (B, Hkv, S, D))]
+
+
+def close(out, q, k, v, pos):
+    reference = reference_attention(q.float(), k.float(), v.float(), pos)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    torch.testing.assert_close(out.float(), reference, atol=TOL[q.dtype], rtol=TOL[q.dtype])
+
+
+@given(seeds(), shapes(), st.sampled_from(DTYPES))
+def test_causal_prefill_without_cache(seed, shape, dtype):
+    B, H, Hkv, T, _, D = shape
+    q, k, v = tensors(seed, B, H, Hkv, T, T, D, dtype)
+    close(fa.triton_attention(q, k, v, None), q, k, v, None)
+
+
+@given(seeds(), shapes(), st.sampled_from(DTYPES), st.data())
+def test_with_a_cached_prefix_and_ragged_rows(seed, shape, dtype, data):
+    """Queries at positions lengths[b] .. lengths[b] + T - 1 over a cache of T + S slots: chunked prefill
+    when T is large, flash-decoding when (H / Hkv) * T is small (1-token queries included)."""
+    B, H, Hkv, T, S, D = shape
+    q, k, v = tensors(seed, B, H, Hkv, T, T + S, D, dtype)
+    lengths = torch.tensor(data.draw(st.lists(st.integers(0, S), min_size=B, max_size=B)), device=DEVICE)
+    pos = lengths[:, None] + torch.arange(T, device=DEVICE)[None]                 # (B, T)
+    close(fa.triton_attention(q, k, v, pos), q, k, v, pos)
+
+
+@given(seeds(), shapes(max_t=4), st.sampled_from(DTYPES))
+def test_the_prefill_kernel_with_positions_equals_flash_decoding(seed, shape, dtype):
+    B, H, Hkv, T, S, D = shape
+    q, k, v = tensors(seed, B, H, Hkv, T, T + S, D, dtype)
+    pos = (torch.arange(T, device=DEVICE) + S).expand(B, T).int()
+    zeros, full = torch.zeros(B, dtype=torch.int32, device=DEVICE), torch.full((B,), T, dtype=torch.int32, device=DEVICE)
+    prefill = fa.flash_attention_launch(q, k, v, pos, zeros, full, zeros, full + S, T)
+    close(prefill, q, k, v, pos)
+    close(fa.flash_decode_launch(q, k, v, pos), q, k, v, pos)
+
+
+@given(seeds(), st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1, max_size=4),
+       st.sampled_from([(2, 1), (4, 2), (4, 4)]), st.sampled_from([16, 64]), st.booleans())
+def test_varlen_packed_batches(seed, lens, heads, D, causal):
+    """Packed sequences (empty ones and single-row batches included); causal queries sit at the end
+    of their keys. Each sequence must equal the reference run on it alone."""
+    lens = [(q_len, max(q_len, k_len)) for q_len, k_len in lens]                  # causal needs keys >= queries
+    H, Hkv = heads
+    g = torch.Generator().manual_seed(seed)
+    total_q, total_k = sum(a for a, _ in lens), sum(b for _, b in lens)
+    q = torch.randn(total_q, H, D, generator=g).to(DEVICE)
+    k, v = (torch.randn(total_k, Hkv, D, generator=g).to(DEVICE) for _ in range(2))
+    cu_q = torch.tensor([0] + [a for a, _ in lens], device=DEVICE).cumsum(0)
+    cu_k = torch.tensor([0] + [b for _, b in lens], device=DEVICE).cumsum(0)
+    out = fa.flash_attention_varlen(q, k, v, cu_q, cu_k, max(a for a, _ in lens), causal=causal)
+    assert out.shape == q.shape
+    for i, (q_len, k_len) in enumerate(lens):
+        if q_len == 0:
+            continue
+        qi = q[cu_q[i]:cu_q[i + 1]].transpose(0, 1)[None]                         # (1, H, q_len, D)
+        ki, vi = (t[cu_k[i]:cu_k[i + 1]].transpose(0, 1)[None] for t in (k, v))
+        pos = (torch.arange(q_len, device=DEVICE) + k_len - q_len if causal else torch.full((q_len,), k_len - 1, device=DEVICE))[None]
+        expected = reference_attention(qi, ki, vi, pos)[0].transpose(0, 1)
+        torch.testing.assert_close(out[cu_q[i]:cu_q[i + 1]], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_varlen_input_is_named():
+    with pytest.raises(InputError, match="flash_attention_varlen"):
+        fa.flash_attention_varlen(torch.zeros(4, 3, 16), torch.zeros(4, 2, 16), torch.zeros(4, 2, 16),
+                                  torch.tensor([0, 4]), torch.tensor([0, 4]), 4)
+
+
+def test_stories260k_golden_output_with_the_triton_backend(stories260k, stories260k_golden):
+    params, cfg, tok = stories260k
+    ids, text = stories260k_golden
+    out = lf.generate(params, cfg, [[1]], len(ids) - 1, attention="triton")[0]
+    assert [1] + out == ids

@@ -160,9 +160,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import decode, speculative
+    from .bench import decode, kernels, quant, speculative, verify
 
-    return {"decode": decode, "speculative": speculative}[args.name].main(args.args)
+    benches = {"decode": decode, "speculative": speculative, "verify": verify, "quant": quant, "kernels": kernels}
+    return benches[args.name].main(args.args)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -218,7 +219,7 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(run=cmd_convert)
 
     b = sub.add_parser("bench", help="GPU benchmarks: `llamafn bench decode --help`")
-    b.add_argument("name", choices=("decode", "speculative"))
+    b.add_argument("name", choices=("decode", "speculative", "verify", "quant", "kernels"))
     b.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
     b.set_defaults(run=cmd_bench)
     return p

@@ -1,0 +1,121 @@
+"""Attention kernel benchmark on one GPU, everything in one run next to the ceilings:
+
+- causal prefill, batch 1, 32 heads, head dim 128 at 1k-16k tokens and head dim 64 at 4k: TFLOP/s
+  of the "triton" backend (FlashAttention-2, llamafn.kernels.flash_attention) against PyTorch SDPA
+  forced to its flash, cuDNN and memory-efficient backends and the naive materialised formula
+  ("reference", up to 8k), with each one's peak memory above the inputs (O(N) against O(N^2));
+- decode attention, one query token a head over a KV cache of 4k-128k positions (Llama-2 MHA 32/32 and
+  Llama-3 GQA 32/8 heads, head dim 128): the bytes of K and V read per second against the copy bandwidth,
+  flash-decoding against SDPA over the folded groups (the "sdpa" backend's decode path), each replayed
+  from a CUDA graph as in the compiled decode step.
+
+The end-to-end 7B decode with and without the kernels is `bench_decode.py --attention sdpa,triton`.
+
+    python scripts/bench_kernels.py --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..kernels import get
+from .ceilings import cuda_time, measure, write_results
+from .decode import log
+from .verify import graphed
+
+SDPA_BACKENDS = {"sdpa flash": SDPBackend.FLASH_ATTENTION, "sdpa cuDNN": SDPBackend.CUDNN_ATTENTION,
+                 "sdpa memory-efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+
+def timed(fn) -> tuple[float, float]:
+    """(seconds per call, peak bytes allocated during a call above what was allocated before)."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    peak = torch.cuda.max_memory_allocated() - base
+    return sorted(cuda_time(fn, repeat=5) for _ in range(3))[1], peak
+
+
+def prefill_rows(lengths: list[int], head_dim: int, heads: int = 32, naive_max: int = 8192) -> list[dict]:
+    rows = []
+    for T in lengths:
+        q, k, v = (torch.randn(1, heads, T, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        flops = 4 * heads * head_dim * T * (T + 1) / 2                          # QK^T and PV over the causal half
+        paths = {"triton": lambda: get("attention", "triton")(q, k, v, None)}
+        for name, backend in SDPA_BACKENDS.items():
+            paths[name] = lambda backend=backend: _sdpa(q, k, v, backend)
+        if T <= naive_max:
+            paths["naive (reference)"] = lambda: get("attention", "reference")(q, k, v, None)
+        reference = get("attention", "sdpa")(q, k, v, None)
+        for name, fn in paths.items():
+            try:
+                err = (fn().float() - reference.float()).abs().max().item()
+                t, peak = timed(fn)
+            except RuntimeError as e:                                            # a backend that does not apply
+                rows.append({"T": T, "head_dim": head_dim, "path": name, "error": str(e).splitlines()[0][:200]})
+                continue
+            rows.append({"T": T, "head_dim": head_dim, "path": name, "ms": round(t * 1e3, 3),
+                         "TFLOPs": round(flops / t / 1e12, 1), "peak_extra_MB": round(peak / 2**20, 1),
+                         "max_abs_diff_vs_sdpa": round(err, 4)})
+            log(rows[-1])
+        del q, k, v
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _sdpa(q, k, v, backend):
+    with sdpa_kernel(backend):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def decode_rows(contexts: list[int], head_configs: list[tuple[int, int]], copy_GBps: float) -> list[dict]:
+    rows = []
+    for H, Hkv in head_configs:
+        for S in contexts:
+            q = torch.randn(1, H, 1, 128, device="cuda", dtype=torch.bfloat16)
+            k, v = (torch.randn(1, Hkv, S, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+            pos = torch.full((1, 1), S - 1, device="cuda")
+            kv_bytes = 2 * Hkv * S * 128 * 2
+            for name in ("triton", "sdpa"):
+                attend = get("attention", name)
+                replay = graphed(lambda: attend(q, k, v, pos))                   # launch cost out, as in a decode step
+                t = sorted(cuda_time(replay, repeat=20) for _ in range(3))[1]
+                gbps = kv_bytes / t / 1e9
+                rows.append({"heads": H, "kv_heads": Hkv, "context": S, "path": f"{name} decode", "us": round(t * 1e6, 1),
+                             "KV_GBps": round(gbps, 1), "copy_fraction": round(gbps / copy_GBps, 3)})
+                log(rows[-1])
+            del k, v
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench_kernels", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lengths", default="1024,2048,4096,8192,16384")
+    ap.add_argument("--contexts", default="4096,16384,32768,65536,131072")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_kernels: needs a CUDA GPU", file=sys.stderr)
+        return 1
+    results: dict = {"benchmark": "kernels", "command": "python scripts/bench_kernels.py " + " ".join(argv or sys.argv[1:]),
+                     "ceilings": measure()}
+    log(results["ceilings"])
+    results["prefill"] = prefill_rows([int(n) for n in args.lengths.split(",")], 128)
+    write_results(results, args.out, "kernels")
+    results["prefill"] += prefill_rows([4096], 64)
+    write_results(results, args.out, "kernels")
+    results["decode"] = decode_rows([int(n) for n in args.contexts.split(",")], [(32, 32), (32, 8)],
+                                    results["ceilings"]["copy_GBps"])
+    print(f"wrote {write_results(results, args.out, 'kernels')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,7 +9,12 @@
   flash-decoding against SDPA over the folded groups (the "sdpa" backend's decode path), each replayed
   from a CUDA graph as in the compiled decode step.
 
-The end-to-end 7B decode with and without the kernels is `bench_decode.py --attention sdpa,triton`.
+- the fused elementwise kernels (residual add + RMSNorm, SwiGLU) at 7B widths, against their references
+  eager and compiled by inductor, as GB/s next to the copy bandwidth.
+
+The end-to-end 7B decode and prefill with and without the kernels is
+`bench_decode.py --attention sdpa,triton` (the name picks the kernel set: flash attention, the fused
+add + norm and SwiGLU).
 
     python scripts/bench_kernels.py --out benchmarks/results
 """
@@ -95,6 +100,31 @@ def decode_rows(contexts: list[int], head_configs: list[tuple[int, int]], copy_G
     return rows
 
 
+def fused_rows(rows: list[int], cfg_dim: int, hidden: int, copy_GBps: float) -> list[dict]:
+    """Each fused kernel against its eager reference and the reference compiled by inductor (what the
+    compiled decode step would otherwise run), as bytes moved per second (graph replays)."""
+    out = []
+    for M in rows:
+        x, delta = (torch.randn(M, cfg_dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        w = torch.randn(cfg_dim, device="cuda", dtype=torch.bfloat16)
+        gate_up = torch.randn(M, 2 * hidden, device="cuda", dtype=torch.bfloat16)
+        cases = {
+            "add_rms_norm": (lambda f: f(x, delta, w, 1e-5), 5 * M * cfg_dim * 2 + cfg_dim * 2),
+            "swiglu": (lambda f: f(*gate_up.chunk(2, dim=-1)), 3 * M * hidden * 2),
+        }
+        for op, (call, n_bytes) in cases.items():
+            reference = get(op, "reference")
+            for path, fn in (("triton", get(op, "triton")), ("inductor (compiled reference)", torch.compile(reference)),
+                             ("eager reference", reference)):
+                replay = graphed(lambda fn=fn: call(fn))
+                t = sorted(cuda_time(replay, repeat=20) for _ in range(3))[1]
+                gbps = n_bytes / t / 1e9
+                out.append({"op": op, "rows": M, "path": path, "us": round(t * 1e6, 2), "GBps": round(gbps, 1),
+                            "copy_fraction": round(gbps / copy_GBps, 3)})
+                log(out[-1])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench_kernels", description=__doc__.split("\n\n")[0])
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384")
@@ -113,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     write_results(results, args.out, "kernels")
     results["decode"] = decode_rows([int(n) for n in args.contexts.split(",")], [(32, 32), (32, 8)],
                                     results["ceilings"]["copy_GBps"])
+    write_results(results, args.out, "kernels")
+    results["fused"] = fused_rows([1, 8, 32, 2048], 4096, 11008, results["ceilings"]["copy_GBps"])
     print(f"wrote {write_results(results, args.out, 'kernels')}")
     return 0
 

@@ -20,6 +20,12 @@ def backends(op: str) -> list[str]:
     return sorted(_REGISTRY.get(op, {}))
 
 
+def get_or_reference(op: str, name: str) -> Callable:
+    """The `name` backend of `op` if it has one, else its "reference": a backend name picks a kernel
+    set, and ops without a kernel of that name run their eager reference."""
+    return _REGISTRY.get(op, {}).get(name) or get(op, "reference")
+
+
 def get(op: str, name: str) -> Callable:
     try:
         return _REGISTRY[op][name]

@@ -8,6 +8,7 @@ from ..cache import KVCache
 from ..config import ModelConfig
 from .attention import attention
 from .ffn import feed_forward
+from ..kernels import get_or_reference
 from .norm import rms_norm
 
 
@@ -18,9 +19,11 @@ def subtree(p: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
 
 def block(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None, layer: int, *,
           cfg: ModelConfig, backend: str = "sdpa") -> tuple[torch.Tensor, KVCache | None]:
-    """p: one layer's params (keys without `layers.{i}.`); x (B, T, dim) -> (B, T, dim), cache."""
+    """p: one layer's params (keys without `layers.{i}.`); x (B, T, dim) -> (B, T, dim), cache.
+    `backend` names the kernel set: attention, the fused residual add + norm and the SwiGLU activation
+    each use their kernel of that name where one is registered, else their reference."""
     a, cache = attention(subtree(p, "attention."), rms_norm(x, p["attention_norm.weight"], cfg.norm_eps),
                          cache, layer, cfg=cfg, backend=backend)
-    h = x + a
-    out = h + feed_forward(subtree(p, "feed_forward."), rms_norm(h, p["ffn_norm.weight"], cfg.norm_eps))
+    normed, h = get_or_reference("add_rms_norm", backend)(x, a, p["ffn_norm.weight"], cfg.norm_eps)   # h = x + a
+    out = h + feed_forward(subtree(p, "feed_forward."), normed, backend=backend)
     return out, cache

@@ -5,6 +5,9 @@
   h = x + attn(...); ffn_norm(h). One program a row, the row held in registers, fp32 statistics.
 - `swiglu(gate, up) -> silu(gate) * up`, reading the two halves of the fused w13 output in place
   (row strides, no copy).
+- `rope_write(q, k, v, cos, sin, cache, layer, pos)`: RoPE on q and k and the write of k and v into the
+  KV cache at each token's position, one pass over the projection output (q leaves in the (B, H, T, D)
+  layout attention reads); the reference applies RoPE, transposes and scatters in separate ops.
 
 The eager references (llamafn.model.norm, llamafn.model.ffn) are the "reference" backends; a name
 with no backend of its own for an op falls back to the reference (llamafn.kernels.registry.get_or_reference).
@@ -49,6 +52,39 @@ if triton is not None:
         tl.store(OUT + row * stride_o + cols, (silu * u).to(OUT.dtype.element_ty), mask=ok)
 
 
+    @triton.jit
+    def rope_write_kernel(Q, K, V, COS, SIN, POS, QO, CK, CV, T, H, Hkv,
+                          sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, scb, sct, spb,
+                          sob, soh, sot, sckb, sckh, scks, scvb, scvh, scvs,
+                          HALF: tl.constexpr, BLOCK: tl.constexpr):
+        """One program a (token, head): heads < H rotate q into QO; the others rotate k (and copy v) into
+        the cache at the token's position. Pairs (2i, 2i + 1) are read and written with stride-2 addresses."""
+        bt, head = tl.program_id(0), tl.program_id(1)
+        b, t = bt // T, bt % T
+        i = tl.arange(0, BLOCK)
+        ok = i < HALF
+        c = tl.load(COS + b * scb + t * sct + i, mask=ok, other=0.0)
+        s = tl.load(SIN + b * scb + t * sct + i, mask=ok, other=0.0)
+        if head < H:
+            src = Q + b * sqb + t * sqt + head * sqh
+            re, im = tl.load(src + 2 * i, mask=ok, other=0.0).to(tl.float32), tl.load(src + 2 * i + 1, mask=ok, other=0.0).to(tl.float32)
+            dst = QO + b * sob + head * soh + t * sot
+            tl.store(dst + 2 * i, (re * c - im * s).to(QO.dtype.element_ty), mask=ok)
+            tl.store(dst + 2 * i + 1, (re * s + im * c).to(QO.dtype.element_ty), mask=ok)
+        else:
+            hk = head - H
+            p = tl.load(POS + b * spb + t)
+            src = K + b * skb + t * skt + hk * skh
+            re, im = tl.load(src + 2 * i, mask=ok, other=0.0).to(tl.float32), tl.load(src + 2 * i + 1, mask=ok, other=0.0).to(tl.float32)
+            dst = CK + b * sckb + hk * sckh + p * scks
+            tl.store(dst + 2 * i, (re * c - im * s).to(K.dtype.element_ty).to(CK.dtype.element_ty), mask=ok)
+            tl.store(dst + 2 * i + 1, (re * s + im * c).to(K.dtype.element_ty).to(CK.dtype.element_ty), mask=ok)
+            vsrc = V + b * svb + t * svt + hk * svh
+            vdst = CV + b * scvb + hk * scvh + p * scvs
+            tl.store(vdst + 2 * i, tl.load(vsrc + 2 * i, mask=ok, other=0.0).to(CV.dtype.element_ty), mask=ok)
+            tl.store(vdst + 2 * i + 1, tl.load(vsrc + 2 * i + 1, mask=ok, other=0.0).to(CV.dtype.element_ty), mask=ok)
+
+
 def _launcher(kernel):
     return kernel if INTERPRET else torch.library.wrap_triton(kernel)
 
@@ -84,7 +120,29 @@ def swiglu_launch(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return out.view(gate.shape)
 
 
+def rope_write_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      cache_k: torch.Tensor, cache_v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """q (B, T, H, D), k/v (B, T, Hkv, D) (any strides with a contiguous last dim), cos/sin (B, T, D/2),
+    cache_k/v (B, Hkv, S, D) written in place at pos (B, T) -> q rotated, (B, H, T, D) contiguous."""
+    B, T, H, D = q.shape
+    Hkv = k.shape[2]
+    q_out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
+    cos, sin = cos.contiguous(), sin.contiguous()
+    _launcher(rope_write_kernel)[(B * T, H + Hkv)](
+        q, k, v, cos, sin, pos, q_out, cache_k, cache_v, T, H, Hkv,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), cos.stride(0), cos.stride(1), pos.stride(0),
+        q_out.stride(0), q_out.stride(1), q_out.stride(2), cache_k.stride(0), cache_k.stride(1), cache_k.stride(2),
+        cache_v.stride(0), cache_v.stride(1), cache_v.stride(2), HALF=D // 2, BLOCK=max(16, 1 << (D // 2 - 1).bit_length()))
+    return q_out
+
+
 if triton is not None:
+    @torch.library.triton_op("llamafn::rope_write", mutates_args={"cache_k", "cache_v"})
+    def rope_write_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      cache_k: torch.Tensor, cache_v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return rope_write_launch(q, k, v, cos, sin, cache_k, cache_v, pos)
+
     @torch.library.triton_op("llamafn::add_rms_norm", mutates_args=())
     def add_rms_norm_op(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         return add_rms_norm_launch(x, delta, weight, eps)
@@ -113,3 +171,10 @@ def triton_swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if gate.is_cuda:
         return torch.ops.llamafn.swiglu(gate, up)
     return swiglu_launch(gate, up)
+
+
+@register("rope_write", "triton")
+def triton_rope_write(q, k, v, cos, sin, cache, layer: int, pos: torch.Tensor):
+    _check(q, "rope_write")
+    launch = torch.ops.llamafn.rope_write if q.is_cuda else rope_write_launch
+    return launch(q, k, v, cos, sin, cache.k[layer], cache.v[layer], pos), cache

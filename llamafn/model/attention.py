@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .. import cache as kv
 from ..cache import KVCache
 from ..config import ModelConfig
-from ..kernels import get, register
+from ..kernels import get, get_or_reference, register
 from ..quant import linear
 from .rope import apply_rope, rope_angles
 
@@ -45,6 +45,16 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos
     scores = scores.masked_fill(~causal_mask(q_pos, k.shape[2]), float("-inf"))
     probs = F.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).type_as(q)
     return probs @ v                                                # (B, H, T, D)
+
+
+@register("rope_write", "reference")
+def rope_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               cache: KVCache, layer: int, pos: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
+    """RoPE on q and k (B, T, heads, D) and the write of k and v into `layer` of the cache at pos (B, T):
+    returns q as (B, H, T, D) and the cache (written in place, donated)."""
+    k = apply_rope(k, cos, sin).transpose(1, 2)                            # (B, Hkv, T, D)
+    cache = kv.write(cache, layer, k, v.transpose(1, 2), pos)
+    return apply_rope(q, cos, sin).transpose(1, 2), cache                  # (B, H, T, D)
 
 
 def fold_groups(q: torch.Tensor, n_kv_heads: int) -> torch.Tensor:
@@ -93,15 +103,13 @@ def attention(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None
         q, k, v = linear(x, p["wqkv.weight"]).split([H * D, Hkv * D, Hkv * D], dim=-1)
     else:
         q, k, v = linear(x, p["wq.weight"]), linear(x, p["wk.weight"]), linear(x, p["wv.weight"])
-    q = apply_rope(q.view(B, T, H, D), cos, sin)                          # (B, T, H, D)
-    k = apply_rope(k.view(B, T, Hkv, D), cos, sin)                        # (B, T, Hkv, D)
-    v = v.view(B, T, Hkv, D)                                              # (B, T, Hkv, D)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)     # (B, heads, T, D)
+    q, k, v = q.view(B, T, H, D), k.view(B, T, Hkv, D), v.view(B, T, Hkv, D)   # (B, T, heads, D)
     attend = get("attention", backend)
     if cache is None:
-        out = attend(q, k, v, None)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None)
     else:
-        cache = kv.write(cache, layer, k, v, pos)
+        q, cache = get_or_reference("rope_write", backend)(q, k, v, cos, sin, cache, layer, pos)   # q (B, H, T, D)
         out = attend(q, cache.k[layer].to(q.dtype), cache.v[layer].to(q.dtype), pos)
     out = out.transpose(1, 2).reshape(B, T, H * D)                        # (B, T, H*D)
     return linear(out, p["wo.weight"]), cache

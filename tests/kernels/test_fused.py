@@ -41,3 +41,31 @@ def test_swiglu_reads_the_halves_of_the_fused_projection_in_place(seed, b, t, hi
 def test_a_kernel_set_without_an_op_falls_back_to_the_reference():
     assert get_or_reference("swiglu", "sdpa") is get("swiglu", "reference")
     assert get_or_reference("swiglu", "triton") is get("swiglu", "triton")
+
+
+@given(seeds(), st.integers(1, 3), st.integers(1, 4), st.integers(1, 2), st.sampled_from([1, 2, 4]),
+       st.sampled_from([4, 16, 64, 128]), st.sampled_from(DTYPES), st.data())
+def test_rope_write_rotates_q_and_writes_the_cache(seed, b, t, hkv, group, d, dtype, data):
+    """RoPE on q and k from the fused projection's strided views and the cache write at ragged
+    positions: q and the written cache rows equal the reference's bit for bit (same fp32 formula and
+    the same roundings), and nothing else in the cache changes."""
+    import llamafn as lf
+    from llamafn.model.rope import rope_angles
+
+    h = hkv * group
+    cfg = lf.ModelConfig(dim=h * d, n_layers=1, n_heads=h, n_kv_heads=hkv, vocab_size=8, hidden_dim=8, max_seq_len=32)
+    qkv = randn(seed, b, t, (h + 2 * hkv) * d, dtype=dtype)
+    q, k, v = qkv.split([h * d, hkv * d, hkv * d], dim=-1)
+    q, k, v = q.view(b, t, h, d), k.view(b, t, hkv, d), v.view(b, t, hkv, d)
+    starts = torch.tensor(data.draw(st.lists(st.integers(0, 12), min_size=b, max_size=b)), device=DEVICE)
+    pos = starts[:, None] + torch.arange(t, device=DEVICE)[None]                 # (B, T)
+    cos, sin = rope_angles(pos, cfg)
+    caches = [lf.init_cache(cfg, b, 16, dtype=dtype, device=DEVICE) for _ in range(2)]
+    for c in caches:
+        c.k[0].fill_(7.0)
+    q_ref, ref = get("rope_write", "reference")(q, k, v, cos, sin, caches[0], 0, pos)
+    q_out, out = get("rope_write", "triton")(q, k, v, cos, sin, caches[1], 0, pos)
+    assert q_out.shape == (b, h, t, d)
+    torch.testing.assert_close(q_out, q_ref, atol=TOL[dtype], rtol=TOL[dtype])
+    torch.testing.assert_close(out.k[0], ref.k[0], atol=TOL[dtype], rtol=TOL[dtype])
+    torch.testing.assert_close(out.v[0], ref.v[0], atol=0, rtol=0)

@@ -8,9 +8,11 @@ Two ways to reduce over the inputs, chosen by the launcher from the number of ro
   fp32 accumulation, rows of x padded to BLOCK_M >= 16.
 
 int8: out = (x @ q^T) * scale, the per-channel scale applied once at the end.
-int4: per group, sum_k (q - z) s x = s (sum_k q x - z sum_k x): both paths multiply the raw 4-bit values
-(one FMA a weight, or a tensor-core dot over exactly one group) and apply the zero point and scale once
-per group and output, never per weight.
+int4: the gemv path uses sum_k (q - z) s x = s (sum_k q x - z sum_k x) per group (one FMA a weight, the
+zero point and scale once per group and output); the dot path dequantises the tile, (q - z) * s, in
+registers and feeds it to `tl.dot` with tiles of several groups. A variant that kept the raw 4-bit values
+in the dot (one K step a group, the correction after) and multiplied even/odd activations against the
+low/high nibbles measured 1.1-2.2x slower on the H200 (benchmarks/results/quant-nvidia-h200.json).
 
 Both are registered as custom ops (`torch.ops.llamafn.int8_matmul`, `int4_matmul`, via
 `torch.library.triton_op`) so that a compiled decode step captures them with `fullgraph=True` and
@@ -68,10 +70,7 @@ if triton is not None:
     def int4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, G, stride_xm, stride_qn, stride_sn, stride_om,
                     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     USE_DOT: tl.constexpr):
-        # Low nibbles hold the even inputs and high nibbles the odd ones, so each is multiplied by the
-        # even / odd activations (strided loads) and the bytes are never interleaved back into columns.
-        NG: tl.constexpr = BLOCK_K // GROUP                                           # groups a tile (1 with USE_DOT)
-        HALF: tl.constexpr = BLOCK_K // 2
+        NG: tl.constexpr = BLOCK_K // GROUP                                           # groups a tile
         pid_n, pid_m = tl.program_id(0), tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                                  # (BM,)
@@ -80,31 +79,25 @@ if triton is not None:
         else:
             acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            rb = k0 // 2 + tl.arange(0, HALF)                                         # (BK/2,) byte columns
+            rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)                                 # (BK/2,) byte columns
             packed = tl.load(q_ptr + rn[:, None] * stride_qn + rb[None, :],
                              mask=(rn[:, None] < N) & (rb[None, :] < K // 2), other=0)  # (BN, BK/2) uint8
-            lo, hi = packed & 0xF, packed >> 4                                        # inputs 2j, 2j + 1
+            q = tl.interleave(packed & 0xF, packed >> 4).to(tl.float32)               # (BN, BK), column 2j low nibble
+            rg = k0 // GROUP + tl.arange(0, NG)                                       # (NG,)
+            gmask = (rn[:, None] < N) & (rg[None, :] < G)
+            s = tl.load(s_ptr + rn[:, None] * stride_sn + rg[None, :], mask=gmask, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + rn[:, None] * stride_sn + rg[None, :], mask=gmask, other=0).to(tl.float32)
+            rk = k0 + tl.arange(0, BLOCK_K)                                           # (BK,)
             if USE_DOT:
-                g = k0 // GROUP
-                s = tl.load(s_ptr + rn * stride_sn + g, mask=rn < N, other=0.0).to(tl.float32)    # (BN,)
-                z = tl.load(z_ptr + rn * stride_sn + g, mask=rn < N, other=0).to(tl.float32)      # (BN,)
-                xmask = (rm[:, None] < M) & (2 * rb[None, :] < K)
-                x_even = tl.load(x_ptr + rm[:, None] * stride_xm + 2 * rb[None, :], mask=xmask, other=0.0)      # (BM, BK/2)
-                x_odd = tl.load(x_ptr + rm[:, None] * stride_xm + 2 * rb[None, :] + 1, mask=xmask, other=0.0)  # (BM, BK/2)
-                qx = tl.dot(x_even, tl.trans(lo.to(x_even.dtype))) + tl.dot(x_odd, tl.trans(hi.to(x_odd.dtype)))  # (BM, BN)
-                xs = tl.sum(x_even.to(tl.float32) + x_odd.to(tl.float32), axis=1)                # (BM,)
-                acc += (qx - xs[:, None] * z[None, :]) * s[None, :]
+                w = (tl.reshape(q, (BLOCK_N, NG, GROUP)) - z[:, :, None]) * s[:, :, None]   # (BN, NG, g)
+                x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :],
+                            mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)    # (BM, BK)
+                acc += tl.dot(x, tl.trans(tl.reshape(w, (BLOCK_N, BLOCK_K)).to(x.dtype)))   # (BM, BN)
             else:
-                rg = k0 // GROUP + tl.arange(0, NG)                                   # (NG,)
-                gmask = (rn[:, None] < N) & (rg[None, :] < G)
-                s = tl.load(s_ptr + rn[:, None] * stride_sn + rg[None, :], mask=gmask, other=0.0).to(tl.float32)  # (BN, NG)
-                z = tl.load(z_ptr + rn[:, None] * stride_sn + rg[None, :], mask=gmask, other=0).to(tl.float32)    # (BN, NG)
-                x_even = tl.load(x_ptr + pid_m * stride_xm + 2 * rb, mask=2 * rb < K, other=0.0).to(tl.float32)       # (BK/2,)
-                x_odd = tl.load(x_ptr + pid_m * stride_xm + 2 * rb + 1, mask=2 * rb < K, other=0.0).to(tl.float32)   # (BK/2,)
-                qx = lo.to(tl.float32) * x_even[None, :] + hi.to(tl.float32) * x_odd[None, :]    # (BN, BK/2)
-                qx = tl.sum(tl.reshape(qx, (BLOCK_N, NG, GROUP // 2)), axis=2)                   # (BN, NG)
-                xs = tl.sum(tl.reshape(x_even + x_odd, (NG, GROUP // 2)), axis=1)                # (NG,)
-                acc += tl.sum(s * (qx - z * xs[None, :]), axis=1)                                # (BN,)
+                x = tl.load(x_ptr + pid_m * stride_xm + rk, mask=rk < K, other=0.0).to(tl.float32)   # (BK,)
+                qx = tl.sum(tl.reshape(q * x[None, :], (BLOCK_N, NG, GROUP)), axis=2)           # (BN, NG)
+                xs = tl.sum(tl.reshape(x, (NG, GROUP)), axis=1)                                 # (NG,)
+                acc += tl.sum(s * (qx - z * xs[None, :]), axis=1)                               # (BN,)
         if USE_DOT:
             tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty),
                      mask=(rm[:, None] < M) & (rn[None, :] < N))
@@ -119,14 +112,13 @@ def _configs(use_dot: bool, M: int, group: int = 0) -> list:
     else:
         bm = 16 if M <= 16 else 32 if M <= 64 else 64
         shapes = [(bm, bn, bk, w, s) for bn in (32, 64, 128) for bk in (64, 128) for w, s in ((4, 3), (8, 4))]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": block_k(use_dot, bk, group)}, num_warps=w,
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": block_k(bk, group)}, num_warps=w,
                           num_stages=s) for bm, bn, bk, w, s in shapes]
 
 
-def block_k(use_dot: bool, bk: int, group: int) -> int:
-    """The K tile: one group exactly for int4's dot path (its zero point and scale are applied per
-    tile), otherwise a multiple of the group."""
-    return group if use_dot and group else max(bk, group)
+def block_k(bk: int, group: int) -> int:
+    """The K tile: a multiple of the int4 group (a power of two), so a tile holds whole groups."""
+    return max(bk, group)
 
 
 _TUNED: dict[tuple, object] = {}
@@ -136,7 +128,7 @@ def _kernel(name: str, use_dot: bool, M: int, group: int = 0):
     """The kernel to launch: fixed small tiles in the interpreter, an autotuned one per M class on a GPU."""
     kernel = int8_kernel if name == "int8" else int4_kernel
     if INTERPRET:
-        return kernel, {"BLOCK_M": 16 if use_dot else 1, "BLOCK_N": 16, "BLOCK_K": block_k(use_dot, 32, group)}
+        return kernel, {"BLOCK_M": 16 if use_dot else 1, "BLOCK_N": 16, "BLOCK_K": block_k(32, group)}
     m_class = 1 if not use_dot else 16 if M <= 16 else 64 if M <= 64 else 1 << 30
     key = (name, use_dot, m_class, group)
     if key not in _TUNED:

@@ -19,6 +19,7 @@ from .config import cards_dir
 from .decode import check_prompts, generate
 from .errors import InputError, LlamafnError, TokenizerError
 from .kernels import backends
+from .kernels.runtime import require_triton
 from .params import n_params
 from .sampling import sampling_params
 from .tokenizer import Tokenizer
@@ -64,6 +65,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sampling_params(1, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                     repetition_penalty=args.repetition_penalty)
     device = args.device or default_device()
+    if args.attention == "triton":
+        require_triton(device, "--attention triton")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     tok = Tokenizer(args.tokenizer or find_tokenizer(model))
     params, cfg = checkpoint.load(model, dtype=dtype, device=device)

@@ -78,6 +78,17 @@ def test_bad_generate_input_prints_one_error_line_and_no_traceback(extra, messag
     assert message in result.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the triton kernels run on this machine's GPU")
+def test_triton_kernels_without_a_gpu_are_refused_before_any_output():
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-m", "llamafn", "generate", "--attention", "triton", "def f():"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    assert "--attention triton needs a CUDA GPU" in result.stderr
+
+
 def test_a_missing_model_and_a_truncated_checkpoint(tmp_path):
     result = run_cli("generate", "--model", str(tmp_path / "nope.bin"), "hi")
     assert result.returncode == 1 and "nope.bin: no such checkpoint" in result.stderr

@@ -31,8 +31,8 @@ import math
 import torch
 
 from ..errors import InputError
-from .quant_matmul import INTERPRET, triton
 from .registry import register
+from .runtime import INTERPRET, launcher, require_triton, triton
 
 if triton is not None:
     import triton.language as tl
@@ -147,10 +147,6 @@ if triton is not None:
                  out.to(O.dtype.element_ty), mask=(rr < GROUP * T)[:, None] & (rd[None, :] < D))
 
 
-def _launcher(kernel):
-    return kernel if INTERPRET else torch.library.wrap_triton(kernel)
-
-
 def block_d(D: int) -> int:
     if D > 256:
         raise InputError(f"the triton attention backend supports head dims up to 256, got {D}")
@@ -173,7 +169,7 @@ def flash_attention_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
     def grid(meta):
         return triton.cdiv(max(max_q_len, 1), meta["BLOCK_M"]), B * H
 
-    _launcher(kernel)[grid](
+    launcher(kernel)[grid](
         q, k, v, out, pos, q_start, q_len, k_start, k_len, 1.4426950408889634 / math.sqrt(D),
         stride(q), q.stride(1), q.stride(2), stride(k), k.stride(1), k.stride(2), stride(v), v.stride(1), v.stride(2),
         stride(out), out.stride(1), out.stride(2), pos.stride(0) if batch_strides else 0, H, H // Hkv, D,
@@ -209,11 +205,11 @@ def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: 
     part_ml = torch.empty(B * Hkv * n_splits * BLOCK_M, 2, dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
     warps = {} if INTERPRET else {"num_warps": 4, "num_stages": 3}
-    _launcher(flash_decode_kernel)[(B * Hkv, n_splits)](
+    launcher(flash_decode_kernel)[(B * Hkv, n_splits)](
         q, k, v, pos, part_o, part_ml, 1.4426950408889634 / math.sqrt(D), S, T, Hkv, group, D, chunk,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), pos.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, **warps)
-    _launcher(flash_decode_merge_kernel)[(B * Hkv,)](
+    launcher(flash_decode_merge_kernel)[(B * Hkv,)](
         part_o, part_ml, out, T, Hkv, group, D, n_splits, out.stride(0), out.stride(1), out.stride(2),
         BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, **({} if INTERPRET else {"num_warps": 4}))
     return out
@@ -266,8 +262,7 @@ if triton is not None:
 
 @register("attention", "triton")
 def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None) -> torch.Tensor:
-    if triton is None or not (q.is_cuda or INTERPRET):
-        raise InputError("the triton attention backend needs a CUDA GPU (or TRITON_INTERPRET=1 with triton installed)")
+    require_triton(q.device, "the triton attention backend")
     if q.is_cuda:
         return torch.ops.llamafn.flash_attention(q, k, v, q_pos)
     return dense_attention(q, k, v, q_pos)

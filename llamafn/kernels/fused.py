@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-from .quant_matmul import INTERPRET, triton
 from .registry import register
+from .runtime import INTERPRET, launcher, require_triton, triton
 
 if triton is not None:
     import triton.language as tl
@@ -85,10 +85,6 @@ if triton is not None:
             tl.store(vdst + 2 * i + 1, tl.load(vsrc + 2 * i + 1, mask=ok, other=0.0).to(CV.dtype.element_ty), mask=ok)
 
 
-def _launcher(kernel):
-    return kernel if INTERPRET else torch.library.wrap_triton(kernel)
-
-
 def rows_of(t: torch.Tensor) -> torch.Tensor:
     """(..., N) -> (M, N) without a copy where the rows are evenly strided (contiguous last dim)."""
     if t.stride(-1) != 1:
@@ -104,7 +100,7 @@ def add_rms_norm_launch(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tens
     h = torch.empty_like(x2)
     y = torch.empty(x2.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
     BLOCK = max(16, 1 << (N - 1).bit_length())
-    _launcher(add_rms_norm_kernel)[(x2.shape[0],)](
+    launcher(add_rms_norm_kernel)[(x2.shape[0],)](
         x2, d2, weight, y, h, x2.stride(0), d2.stride(0), y.stride(0), h.stride(0), N, eps, BLOCK=BLOCK,
         **({} if INTERPRET else {"num_warps": min(16, max(1, BLOCK // 512))}))
     return y.view(x.shape), h.view(x.shape)
@@ -115,7 +111,7 @@ def swiglu_launch(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     g2, u2 = rows_of(gate), rows_of(up)
     out = torch.empty(g2.shape, dtype=gate.dtype, device=gate.device)
     BLOCK = 1024 if not INTERPRET else 64
-    _launcher(swiglu_kernel)[(g2.shape[0], triton.cdiv(N, BLOCK))](
+    launcher(swiglu_kernel)[(g2.shape[0], triton.cdiv(N, BLOCK))](
         g2, u2, out, g2.stride(0), u2.stride(0), out.stride(0), N, BLOCK=BLOCK)
     return out.view(gate.shape)
 
@@ -128,7 +124,7 @@ def rope_write_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: to
     Hkv = k.shape[2]
     q_out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
     cos, sin = cos.contiguous(), sin.contiguous()
-    _launcher(rope_write_kernel)[(B * T, H + Hkv)](
+    launcher(rope_write_kernel)[(B * T, H + Hkv)](
         q, k, v, cos, sin, pos, q_out, cache_k, cache_v, T, H, Hkv,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), cos.stride(0), cos.stride(1), pos.stride(0),
@@ -152,14 +148,9 @@ if triton is not None:
         return swiglu_launch(gate, up)
 
 
-def _check(t: torch.Tensor, op: str) -> None:
-    if triton is None or not (t.is_cuda or INTERPRET):
-        raise InputError(f"the triton {op} backend needs a CUDA GPU (or TRITON_INTERPRET=1 with triton installed)")
-
-
 @register("add_rms_norm", "triton")
 def triton_add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float):
-    _check(x, "add_rms_norm")
+    require_triton(x.device, "the triton add_rms_norm backend")
     if x.is_cuda:
         return torch.ops.llamafn.add_rms_norm(x, delta, weight, eps)
     return add_rms_norm_launch(x, delta, weight, eps)
@@ -167,7 +158,7 @@ def triton_add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tens
 
 @register("swiglu", "triton")
 def triton_swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    _check(gate, "swiglu")
+    require_triton(gate.device, "the triton swiglu backend")
     if gate.is_cuda:
         return torch.ops.llamafn.swiglu(gate, up)
     return swiglu_launch(gate, up)
@@ -175,6 +166,6 @@ def triton_swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 @register("rope_write", "triton")
 def triton_rope_write(q, k, v, cos, sin, cache, layer: int, pos: torch.Tensor):
-    _check(q, "rope_write")
+    require_triton(q.device, "the triton rope_write backend")
     launch = torch.ops.llamafn.rope_write if q.is_cuda else rope_write_launch
     return launch(q, k, v, cos, sin, cache.k[layer], cache.v[layer], pos), cache

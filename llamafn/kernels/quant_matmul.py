@@ -22,20 +22,13 @@ with one fixed config (tests); on a GPU each kernel is autotuned per (M class, N
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:                      # triton is optional on the CPU; linear() falls back to dequantise + matmul
-    triton = None
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
+from .runtime import INTERPRET, launcher, triton
 
 if triton is not None:
+    import triton.language as tl
+
     @triton.jit
     def int8_kernel(x_ptr, q_ptr, s_ptr, out_ptr, M, N, K, stride_xm, stride_qn, stride_om,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr):
@@ -147,8 +140,7 @@ def int8_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, us
     def grid(meta):
         return triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"])
 
-    launch = kernel if INTERPRET else torch.library.wrap_triton(kernel)
-    launch[grid](x, q, scale, out, M, N, K, x.stride(0), q.stride(0), out.stride(0), USE_DOT=use_dot, **fixed)
+    launcher(kernel)[grid](x, q, scale, out, M, N, K, x.stride(0), q.stride(0), out.stride(0), USE_DOT=use_dot, **fixed)
     return out
 
 
@@ -171,8 +163,7 @@ def int4_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, ze
     def grid(meta):
         return triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"])
 
-    launch = kernel if INTERPRET else torch.library.wrap_triton(kernel)
-    launch[grid](x, q, scale, zero, out, M, N, K, G, x.stride(0), q.stride(0), scale.stride(0), out.stride(0),
+    launcher(kernel)[grid](x, q, scale, zero, out, M, N, K, G, x.stride(0), q.stride(0), scale.stride(0), out.stride(0),
                  GROUP=group, USE_DOT=use_dot, **fixed)
     return out
 

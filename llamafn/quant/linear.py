@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..kernels import quant_matmul
+from ..kernels import quant_matmul  # noqa: F401  (registers the custom ops)
+from ..kernels.runtime import triton
 from .formats import Int4Weight, Int8Weight, dequantize
 
 KERNEL_MAX_ROWS = 64
@@ -25,7 +26,7 @@ def linear(x: torch.Tensor, w: torch.Tensor | Int8Weight | Int4Weight) -> torch.
     if isinstance(w, torch.Tensor):
         return F.linear(x, w)
     rows = x.reshape(-1, x.shape[-1])                                           # (M, K)
-    if x.is_cuda and quant_matmul.triton is not None and rows.shape[0] <= KERNEL_MAX_ROWS:
+    if x.is_cuda and triton is not None and rows.shape[0] <= KERNEL_MAX_ROWS:
         if isinstance(w, Int8Weight):
             out = torch.ops.llamafn.int8_matmul(rows.contiguous(), w.q, w.scale)
         else:

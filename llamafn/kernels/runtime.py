@@ -1,0 +1,30 @@
+"""What every Triton kernel module shares: the optional `triton` import, whether kernels run in
+Triton's interpreter (TRITON_INTERPRET=1, the CPU tests), how a kernel is launched (through
+`torch.library.wrap_triton` on a GPU, so inductor can trace it inside a custom op), and the check
+that a kernel can run at all."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..errors import InputError
+
+try:
+    import triton
+except ImportError:                      # triton is optional on the CPU: the reference backends run instead
+    triton = None
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def launcher(kernel):
+    """kernel[grid](...) as to launch it: directly in the interpreter, wrapped for tracing on a GPU."""
+    return kernel if INTERPRET else torch.library.wrap_triton(kernel)
+
+
+def require_triton(device: torch.device | str, what: str) -> None:
+    """Raise InputError unless Triton kernels can run for tensors on `device`."""
+    if triton is None or not (torch.device(device).type == "cuda" or INTERPRET):
+        raise InputError(f"{what} needs a CUDA GPU (or TRITON_INTERPRET=1 with triton installed)")

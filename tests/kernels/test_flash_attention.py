@@ -105,3 +105,22 @@ def test_stories260k_golden_output_with_the_triton_backend(stories260k, stories2
     ids, text = stories260k_golden
     out = lf.generate(params, cfg, [[1]], len(ids) - 1, attention="triton")[0]
     assert [1] + out == ids
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="compiling the triton kernel set needs a GPU")
+def test_compiled_decode_with_the_triton_kernel_set_equals_eager():
+    """The custom ops (flash attention/decoding, add + norm, SwiGLU, RoPE + cache write) inside one
+    fullgraph-compiled forward, prefill and a decode step, against the same calls eager."""
+    cfg = lf.ModelConfig(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=512, max_seq_len=64)
+    params = lf.init_params(cfg, generator=torch.Generator().manual_seed(0), dtype=torch.bfloat16, device=DEVICE)
+    tokens = torch.randint(0, 64, (2, 9), device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(0))
+    step = torch.compile(lf.forward, fullgraph=True, dynamic=False)
+    outs = []
+    for fn in (lf.forward, step):
+        cache = lf.init_cache(cfg, 2, 32, dtype=torch.bfloat16, device=DEVICE)
+        first, cache = fn(params, tokens[:, :8], cache, cfg=cfg, attention="triton")
+        last, _ = fn(params, tokens[:, 8:], cache, cfg=cfg, attention="triton")
+        outs.append(torch.cat([first, last], dim=1))
+    torch.testing.assert_close(outs[1], outs[0], atol=5e-2, rtol=5e-2)
+    reference, _ = lf.forward(params, tokens, cfg=cfg, attention="sdpa")
+    torch.testing.assert_close(outs[0], reference, atol=1e-1, rtol=1e-1)

@@ -140,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             scheme, group = parse_scheme(s)
             p = params if scheme == "bf16" else quantize(params, scheme, group_size=group or 128)
             for batch in map(int, args.batch_sizes.split(",")):
-                r = compiled_decode(p, cfg, batch, 5, args.new_tokens, "sdpa", results["ceilings"])
+                try:
+                    r = compiled_decode(p, cfg, batch, 5, args.new_tokens, "sdpa", results["ceilings"])
+                except Exception as e:                                   # keep the run going: one row says what failed
+                    r = {"batch": batch, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
                 r.update(weights=s, weight_GB=round(nbytes(p) / 1e9, 3))
                 results["decode"].append(r)
                 log(r)

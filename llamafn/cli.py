@@ -69,7 +69,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         require_triton(device, "--attention triton")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     tok = Tokenizer(args.tokenizer or find_tokenizer(model))
-    params, cfg = checkpoint.load(model, dtype=dtype, device=device)
+    params, cfg = checkpoint.load(model, dtype=dtype, device=device, quantize=args.quantize, group_size=args.group_size)
     if tok.vocab_size > cfg.vocab_size:
         raise TokenizerError(f"tokenizer {tok.path} has {tok.vocab_size} tokens but the model's vocabulary "
                              f"has {cfg.vocab_size}: they do not belong together")
@@ -139,14 +139,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     src = resolve_model(args.src)
     if args.quantize and args.format != "native":
         raise InputError(f"--quantize writes the native format only (got --format {args.format})")
-    params, cfg = checkpoint.load(src, dtype=DTYPES[args.dtype] if args.dtype else None)
+    params, cfg = checkpoint.load(src, dtype=DTYPES[args.dtype] if args.dtype else None, quantize=args.quantize,
+                                  group_size=args.group_size, quantize_head=args.quantize_head)
     try:
         tokenizer = find_tokenizer(src)
     except TokenizerError:
         tokenizer = None
-    if args.quantize:
-        params = quant.quantize(params, args.quantize, group_size=args.group_size, output=args.quantize_head)
-    elif args.format != "native" and quant.scheme_of(params):
+    if args.format != "native" and quant.scheme_of(params):
         print(f"{args.src} is quantized ({quant.scheme_of(params)}); writing its dequantized weights", file=sys.stderr)
         params = quant.dequantize_params(params)
     if args.format == "native":
@@ -187,6 +186,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="seed of the sampling noise")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
+    g.add_argument("--quantize", choices=quant.SCHEMES, help="quantize the layer matrices while loading "
+                   "(weight-only; int8 per channel, int4 in groups)")
+    g.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 or 256 (default 128)")
     g.add_argument("--attention", default="sdpa", choices=backends("attention"), help="attention backend")
     g.add_argument("--compile", action="store_true", help="compiled prefill and CUDA-graph decode step "
                    "(pays a one-off compile; worth it on a GPU for long generations)")
@@ -217,7 +219,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     c.add_argument("--quantize", choices=quant.SCHEMES, help="weight-only quantization of the layer matrices "
                    "(int8: per-channel; int4: groups with scale and zero point); native format only")
-    c.add_argument("--group-size", type=int, default=128, help="int4 group size: 16, 32, 64, 128 or 256 (default 128)")
+    c.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 or 256 (default 128)")
     c.add_argument("--quantize-head", action="store_true", help="quantize the output head too (default: keep it)")
     c.set_defaults(run=cmd_convert)
 

@@ -15,6 +15,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..params import Params
+from ..quant import quantizer
 from .hf import is_hf, load_hf, save_hf
 from .llama2c import is_llama2c, load_llama2c, save_llama2c
 from .meta import is_meta, load_meta, save_meta
@@ -37,14 +38,18 @@ def detect_format(path: str | Path) -> str:
         f"Meta's params.json + consolidated.*.pth, or params.json + model.safetensors); found: {found or 'nothing'}")
 
 
-def load(path: str | Path, *, dtype: torch.dtype | None = None,
-         device: str | torch.device = "cpu") -> tuple[Params, ModelConfig]:
+def load(path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+         quantize: str | None = None, group_size: int = 128, quantize_head: bool = False) -> tuple[Params, ModelConfig]:
     """Read a checkpoint of any supported format into (params, cfg), cast to `dtype` (None: as stored)
-    on `device`. Tensors are read lazily from memory-mapped files, one at a time."""
+    on `device`. Tensors are read lazily from memory-mapped files, one at a time. With `quantize`
+    ("int8" or "int4", llamafn.quant.quantize's schemes) each matrix is quantised on `device` as soon as
+    it is read, so the float model is never whole in memory: a 7B model loads to int4 on a GPU in
+    about 4 GB."""
     path = Path(path)
     fmt = detect_format(path)
     loader = next(load_fn for name, _, load_fn in FORMATS if name == fmt)
-    return loader(path, dtype=dtype, device=device)
+    transform = quantizer(quantize, group_size=group_size, output=quantize_head) if quantize else None
+    return loader(path, dtype=dtype, device=device, transform=transform)
 
 
 __all__ = ["detect_format", "load", "save", "save_hf", "save_llama2c", "save_meta"]

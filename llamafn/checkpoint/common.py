@@ -31,6 +31,7 @@ class LazyTensor(NamedTuple):
 
 
 PROGRESS_MIN_WEIGHTS = 500_000_000
+Transform = Callable[[str, object, bool], object]
 
 
 def progress(total: int, label: str) -> Callable[[int], None]:
@@ -50,13 +51,15 @@ def progress(total: int, label: str) -> Callable[[int], None]:
 
 
 def materialize(lazy: dict[str, LazyTensor], cfg: ModelConfig, source: str, *,
-                dtype: torch.dtype | None, device: str | torch.device) -> Params:
+                dtype: torch.dtype | None, device: str | torch.device, transform: Transform | None = None) -> Params:
     """Check every key and shape against `cfg` before reading anything, then read each tensor, cast it
     to `dtype` (None: keep the stored dtype) and move it to `device`, one at a time. On the `meta`
     device nothing is read (shapes are still checked): that is how `llamafn info` plans memory.
 
     Quantised weights (`<key>.q`, `.scale`, `.zero` tensors, llamafn.quant) are read as they are stored,
-    never through a float copy; `dtype` casts only their scales."""
+    never through a float copy; `dtype` casts only their scales. `transform(key, value, tied_embeddings)`
+    replaces each value as soon as it is read (llamafn.quant.quantizer), so only one float weight at a
+    time is ever held."""
     lazy = from_tensors(lazy)
     try:
         for key, t in lazy.items():
@@ -82,6 +85,8 @@ def materialize(lazy: dict[str, LazyTensor], cfg: ModelConfig, source: str, *,
     for key in param_shapes(cfg, fused=is_fused(lazy)):
         t = lazy[key]
         params[key] = type(t)(*map(read, t)) if is_quantized(t) else read(t)
+        if transform is not None and torch.device(device).type != "meta":
+            params[key] = transform(key, params[key], cfg.tie_embeddings)   # e.g. quantise it before the next read
     return params
 
 

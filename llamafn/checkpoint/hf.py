@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from ..config import ModelConfig, read_json
 from ..errors import CheckpointError
 from ..params import Params, check_params
-from .common import LazyTensor, atomic_dir, materialize
+from .common import Transform, LazyTensor, atomic_dir, materialize
 from .native import open_safetensors
 
 RENAMES = {
@@ -81,7 +81,8 @@ def weight_files(path: Path) -> list[Path]:
     return files
 
 
-def load_hf(path: Path, *, dtype: torch.dtype | None, device: str | torch.device) -> tuple[Params, ModelConfig]:
+def load_hf(path: Path, *, dtype: torch.dtype | None, device: str | torch.device,
+            transform: Transform | None = None) -> tuple[Params, ModelConfig]:
     cfg = ModelConfig.from_hf(read_json(path / "config.json"), source=str(path / "config.json"))
     lazy: dict[str, LazyTensor] = {}
     for f in weight_files(path):
@@ -93,7 +94,8 @@ def load_hf(path: Path, *, dtype: torch.dtype | None, device: str | torch.device
             if heads is not None and key.startswith("layers."):
                 t = LazyTensor(t.shape, lambda t=t, h=heads: unpermute(t.read(), h))
             lazy[key] = t
-    return materialize(lazy, cfg, str(path), dtype=dtype, device=device), cfg
+    return materialize(lazy, cfg, str(path), dtype=dtype, device=device,
+                       transform=transform), cfg
 
 
 def save_hf(path: str | Path, params: Params, cfg: ModelConfig, *, overwrite: bool = False) -> Path:

@@ -21,7 +21,7 @@ from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
 from ..params import Params, check_params
 from ..model.rope import rope_angles
-from .common import LazyTensor, atomic_file, materialize
+from .common import Transform, LazyTensor, atomic_file, materialize
 
 MAGIC = 0x616B3432
 V1_HEADER_BYTES = 256
@@ -85,7 +85,8 @@ def _header(path: Path) -> tuple[int, int, ModelConfig]:
     return version, offset, cfg
 
 
-def load_llama2c(path: Path, *, dtype: torch.dtype | None, device: str | torch.device) -> tuple[Params, ModelConfig]:
+def load_llama2c(path: Path, *, dtype: torch.dtype | None, device: str | torch.device,
+                 transform: Transform | None = None) -> tuple[Params, ModelConfig]:
     version, offset, cfg = _header(path)
     layout = _layout(cfg, version)
     expected = offset + 4 * sum(int(np.prod(s)) for _, s in layout)
@@ -106,7 +107,8 @@ def load_llama2c(path: Path, *, dtype: torch.dtype | None, device: str | torch.d
                 lazy[f"layers.{i}.{name}.weight"] = LazyTensor(shape[1:], lambda a=array, i=i: torch.from_numpy(np.array(a[i])))
         elif name != "freq_cis":
             lazy[f"{name}.weight"] = LazyTensor(shape, lambda a=array: torch.from_numpy(np.array(a)))
-    return materialize(lazy, cfg, str(path), dtype=dtype, device=device), cfg
+    return materialize(lazy, cfg, str(path), dtype=dtype, device=device,
+                       transform=transform), cfg
 
 
 def save_llama2c(path: str | Path, params: Params, cfg: ModelConfig, *, version: int = 1,

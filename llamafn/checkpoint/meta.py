@@ -20,7 +20,7 @@ import torch
 from ..config import ModelConfig, read_json
 from ..errors import CheckpointError
 from ..params import Params, check_params, param_shapes
-from .common import LazyTensor, atomic_dir, materialize
+from .common import Transform, LazyTensor, atomic_dir, materialize
 
 COLUMN_SPLIT = ("wq.weight", "wk.weight", "wv.weight", "w1.weight", "w3.weight", "output.weight")
 ROW_SPLIT = ("wo.weight", "w2.weight", "tok_embeddings.weight")
@@ -57,7 +57,8 @@ def _merge(key: str, parts: list[torch.Tensor], expected: tuple[int, ...] | None
     raise CheckpointError(f"{source}: {key} shards {[tuple(p.shape) for p in parts]} do not add up to {expected}")
 
 
-def load_meta(path: Path, *, dtype: torch.dtype | None, device: str | torch.device) -> tuple[Params, ModelConfig]:
+def load_meta(path: Path, *, dtype: torch.dtype | None, device: str | torch.device,
+              transform: Transform | None = None) -> tuple[Params, ModelConfig]:
     shards = [_read_shard(p) for p in shard_paths(path)]
     keys = list(shards[0])
     for p, s in zip(shard_paths(path)[1:], shards[1:]):
@@ -71,7 +72,8 @@ def load_meta(path: Path, *, dtype: torch.dtype | None, device: str | torch.devi
     cfg = ModelConfig.from_dict(meta, source=str(path / "params.json"))
     expected = param_shapes(cfg)
     lazy = {k: _merge(k, [s[k] for s in shards], expected.get(k), str(path)) for k in keys}
-    return materialize(lazy, cfg, str(path), dtype=dtype, device=device), cfg
+    return materialize(lazy, cfg, str(path), dtype=dtype, device=device,
+                       transform=transform), cfg
 
 
 def _split(key: str, t: torch.Tensor, n: int) -> list[torch.Tensor]:

@@ -16,7 +16,7 @@ from ..config import ModelConfig, read_json
 from ..errors import CheckpointError
 from ..params import Params, check_params
 from ..quant import to_tensors
-from .common import LazyTensor, atomic_dir, materialize
+from .common import Transform, LazyTensor, atomic_dir, materialize
 
 WEIGHTS = "model.safetensors"
 CONFIG = "params.json"
@@ -35,9 +35,11 @@ def open_safetensors(path: Path) -> dict[str, LazyTensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
-def load_native(path: Path, *, dtype: torch.dtype | None, device: str | torch.device) -> tuple[Params, ModelConfig]:
+def load_native(path: Path, *, dtype: torch.dtype | None, device: str | torch.device,
+                transform: Transform | None = None) -> tuple[Params, ModelConfig]:
     cfg = ModelConfig.from_dict(read_json(path / CONFIG), source=str(path / CONFIG))
-    return materialize(open_safetensors(path / WEIGHTS), cfg, str(path / WEIGHTS), dtype=dtype, device=device), cfg
+    return materialize(open_safetensors(path / WEIGHTS), cfg, str(path / WEIGHTS), dtype=dtype, device=device,
+                       transform=transform), cfg
 
 
 def save(path: str | Path, params: Params, cfg: ModelConfig, *, tokenizer: str | Path | None = None,

@@ -2,9 +2,9 @@
 
 from .formats import Int4Weight, Int8Weight, dequantize, is_quantized, quantize_int4, quantize_int8
 from .linear import embedding, linear
-from .transform import SCHEMES, dequantize_params, from_tensors, quantize, scheme_of, to_tensors
+from .transform import SCHEMES, dequantize_params, from_tensors, quantize, quantizer, scheme_of, to_tensors
 
 __all__ = [
     "Int4Weight", "Int8Weight", "SCHEMES", "dequantize", "dequantize_params", "embedding", "from_tensors",
-    "is_quantized", "linear", "quantize", "quantize_int4", "quantize_int8", "scheme_of", "to_tensors",
+    "is_quantized", "linear", "quantize", "quantize_int4", "quantize_int8", "quantizer", "scheme_of", "to_tensors",
 ]

@@ -23,16 +23,35 @@ LINEAR_SUFFIXES = ("wq.weight", "wk.weight", "wv.weight", "wqkv.weight", "wo.wei
 FIELDS = {Int8Weight: ("q", "scale"), Int4Weight: ("q", "scale", "zero")}
 
 
-def quantized_keys(params: Params, *, embeddings: bool = False, output: bool = False) -> list[str]:
-    """The keys `quantize` replaces: every layer matrix; the output head and the embedding table on request
-    (with tied embeddings the table is the head, so either flag quantises it)."""
-    keys = [k for k in params if k.startswith("layers.") and k.endswith(LINEAR_SUFFIXES)]
-    tied = "output.weight" not in params
-    if output and not tied:
-        keys.append("output.weight")
-    if embeddings or (output and tied):
-        keys.append("tok_embeddings.weight")
-    return keys
+def selected(key: str, tied: bool, *, embeddings: bool = False, output: bool = False) -> bool:
+    """Whether `quantize` replaces `key`: every layer matrix; the output head and the embedding table on
+    request (with tied embeddings the table is the head, so either flag selects it)."""
+    if key.startswith("layers."):
+        return key.endswith(LINEAR_SUFFIXES)
+    if key == "output.weight":
+        return output
+    return key == "tok_embeddings.weight" and (embeddings or (output and tied))
+
+
+def check_scheme(scheme: str, group_size: int) -> None:
+    if scheme not in SCHEMES:
+        raise InputError(f"unknown quantization scheme {scheme!r}; available: {', '.join(SCHEMES)}")
+    if scheme == "int4" and group_size not in GROUP_SIZES:
+        raise InputError(f"int4 group_size must be one of {GROUP_SIZES}, got {group_size}")
+
+
+def quantizer(scheme: str, *, group_size: int = 128, embeddings: bool = False, output: bool = False):
+    """fn(key, value, tied) -> the value `quantize` puts at `key` (for loaders that quantise each weight
+    as it is read, so the float model is never whole in memory)."""
+    check_scheme(scheme, group_size)
+
+    def apply(key: str, value, tied: bool):
+        if is_quantized(value):
+            raise InputError(f"{key} is already quantized: quantize from a float checkpoint (or dequantize_params first)")
+        if selected(key, tied, embeddings=embeddings, output=output):
+            return quantize_weight(value, scheme, group_size)
+        return value
+    return apply
 
 
 def quantize(params: Params, scheme: str, *, group_size: int = 128, embeddings: bool = False,
@@ -41,16 +60,13 @@ def quantize(params: Params, scheme: str, *, group_size: int = 128, embeddings: 
     "int4": groups of `group_size` inputs with scale and zero point). The embedding table and the output
     head stay in their float dtype unless `embeddings` / `output` is set. Works on either layout (fused
     or Meta's); norms are never quantised."""
-    if scheme not in SCHEMES:
-        raise InputError(f"unknown quantization scheme {scheme!r}; available: {', '.join(SCHEMES)}")
-    if scheme == "int4" and group_size not in GROUP_SIZES:
-        raise InputError(f"int4 group_size must be one of {GROUP_SIZES}, got {group_size}")
+    apply = quantizer(scheme, group_size=group_size, embeddings=embeddings, output=output)
     already = [k for k, v in params.items() if is_quantized(v)]
     if already:
         raise InputError(f"params are already quantized ({len(already)} weights, e.g. {already[0]}); "
                          f"dequantize_params them first")
-    keys = set(quantized_keys(params, embeddings=embeddings, output=output))
-    return {k: quantize_weight(v, scheme, group_size) if k in keys else v for k, v in params.items()}
+    tied = "output.weight" not in params
+    return {k: apply(k, v, tied) for k, v in params.items()}
 
 
 def dequantize_params(params: Params, dtype: torch.dtype | None = None) -> Params:

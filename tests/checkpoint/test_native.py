@@ -5,7 +5,7 @@ import torch
 
 import llamafn as lf
 from llamafn.config import ModelConfig
-from llamafn.errors import CheckpointError, ParamsError
+from llamafn.errors import CheckpointError, InputError, ParamsError
 
 CFG = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=40, hidden_dim=48, max_seq_len=64,
                   rope_theta=500000.0)
@@ -105,3 +105,21 @@ def test_quantized_checkpoint_with_a_missing_or_misshapen_field_is_named(tmp_pat
     save_file(broken, path)
     with pytest.raises(CheckpointError, match="layers.0.feed_forward.w2.weight"):
         lf.load(tmp_path / "q")
+
+
+@pytest.mark.parametrize("scheme, group", [("int8", 128), ("int4", 64)])
+def test_quantize_while_loading_equals_quantize_after_loading(tmp_path, params, scheme, group):
+    """load(quantize=...) quantises each matrix as it is read: the same params as quantize(load(...))."""
+    from llamafn.quant import is_quantized, quantize
+
+    lf.save(tmp_path / "m", params, CFG)
+    streamed, _ = lf.load(tmp_path / "m", quantize=scheme, group_size=group)
+    whole = quantize(lf.load(tmp_path / "m")[0], scheme, group_size=group)
+    assert streamed.keys() == whole.keys()
+    for key, value in whole.items():
+        assert type(streamed[key]) is type(value)
+        for a, b in zip(streamed[key] if is_quantized(value) else (streamed[key],), value if is_quantized(value) else (value,)):
+            assert torch.equal(a, b), key
+    lf.save(tmp_path / "q", whole, CFG)
+    with pytest.raises(InputError, match="already quantized"):
+        lf.load(tmp_path / "q", quantize="int4")

@@ -99,12 +99,16 @@ if triton is not None:
 
 
 def _configs(use_dot: bool, M: int, group: int = 0) -> list:
-    """Autotuning candidates: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); BLOCK_K a multiple of the group."""
+    """Autotuning candidates: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); BLOCK_K a multiple of the group.
+    The measured kernels (H200) are instruction-bound rather than memory-bound at one row, so the gemv
+    set spans narrow-and-long to wide-and-short tiles and 2-8 warps for the tuner to choose from."""
     if not use_dot:
-        shapes = [(1, bn, bk, w, 3) for bn in (4, 8, 16) for bk in (256, 512) for w in (2, 4)]
+        shapes = [(1, bn, bk, w, s) for bn in (2, 4, 8, 16, 32) for bk in (256, 512, 1024)
+                  for w, s in ((2, 2), (4, 3), (8, 3)) if bn * bk <= 16384]
     else:
         bm = 16 if M <= 16 else 32 if M <= 64 else 64
-        shapes = [(bm, bn, bk, w, s) for bn in (32, 64, 128) for bk in (64, 128) for w, s in ((4, 3), (8, 4))]
+        shapes = [(bm, bn, bk, w, s) for bn in (16, 32, 64, 128) for bk in (64, 128, 256)
+                  for w, s in ((4, 3), (8, 4)) if bn * bk <= 16384]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": block_k(bk, group)}, num_warps=w,
                           num_stages=s) for bm, bn, bk, w, s in shapes]
 

@@ -109,8 +109,9 @@ def _configs(use_dot: bool, M: int, group: int = 0) -> list:
         bm = 16 if M <= 16 else 32 if M <= 64 else 64
         shapes = [(bm, bn, bk, w, s) for bn in (16, 32, 64, 128) for bk in (64, 128, 256)
                   for w, s in ((4, 3), (8, 4)) if bn * bk <= 16384]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": block_k(bk, group)}, num_warps=w,
-                          num_stages=s) for bm, bn, bk, w, s in shapes]
+    unique = sorted({(bm, bn, block_k(bk, group), w, s) for bm, bn, bk, w, s in shapes})
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s in unique]
 
 
 def block_k(bk: int, group: int) -> int:

@@ -29,6 +29,11 @@ def cuda_time(fn: Callable[[], object], repeat: int = 1) -> float:
     return start.elapsed_time(end) / 1e3 / repeat
 
 
+def median_cuda_time(fn: Callable[[], object], repeat: int = 10) -> float:
+    """The median of three cuda_time measurements of `repeat` calls each."""
+    return sorted(cuda_time(fn, repeat=repeat) for _ in range(3))[1]
+
+
 def wall_time(fn: Callable[[], object]) -> tuple[object, float]:
     """(fn(), seconds) with the device synchronised on both sides (for work that syncs with the host)."""
     torch.cuda.synchronize()
@@ -43,8 +48,7 @@ def copy_bandwidth(n_bytes: int = 2 << 30) -> float:
     src = torch.randn(n_bytes // 2, device="cuda", dtype=torch.bfloat16)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    times = sorted(cuda_time(lambda: dst.copy_(src), repeat=10) for _ in range(3))
-    return 2 * n_bytes / times[1] / 1e9
+    return 2 * n_bytes / median_cuda_time(lambda: dst.copy_(src)) / 1e9
 
 
 def matmul_tflops(n: int = 8192) -> float:
@@ -53,8 +57,7 @@ def matmul_tflops(n: int = 8192) -> float:
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     for _ in range(3):
         a @ b
-    times = sorted(cuda_time(lambda: a @ b, repeat=10) for _ in range(3))
-    return 2 * n**3 / times[1] / 1e12
+    return 2 * n**3 / median_cuda_time(lambda: a @ b) / 1e12
 
 
 def measure() -> dict[str, float | str]:

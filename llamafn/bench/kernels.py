@@ -28,7 +28,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..kernels import get
-from .ceilings import cuda_time, measure, write_results
+from .ceilings import measure, median_cuda_time, write_results
 from .decode import log
 from .verify import graphed
 
@@ -44,7 +44,7 @@ def timed(fn) -> tuple[float, float]:
     base = torch.cuda.memory_allocated()
     fn()
     peak = torch.cuda.max_memory_allocated() - base
-    return sorted(cuda_time(fn, repeat=5) for _ in range(3))[1], peak
+    return median_cuda_time(fn, repeat=5), peak
 
 
 def prefill_rows(lengths: list[int], head_dim: int, heads: int = 32, naive_max: int = 8192) -> list[dict]:
@@ -69,8 +69,6 @@ def prefill_rows(lengths: list[int], head_dim: int, heads: int = 32, naive_max: 
                          "TFLOPs": round(flops / t / 1e12, 1), "peak_extra_MB": round(peak / 2**20, 1),
                          "max_abs_diff_vs_sdpa": round(err, 4)})
             log(rows[-1])
-        del q, k, v
-        torch.cuda.empty_cache()
     return rows
 
 
@@ -90,13 +88,11 @@ def decode_rows(contexts: list[int], head_configs: list[tuple[int, int]], copy_G
             for name in ("triton", "sdpa"):
                 attend = get("attention", name)
                 replay = graphed(lambda: attend(q, k, v, pos))                   # launch cost out, as in a decode step
-                t = sorted(cuda_time(replay, repeat=20) for _ in range(3))[1]
+                t = median_cuda_time(replay, repeat=20)
                 gbps = kv_bytes / t / 1e9
                 rows.append({"heads": H, "kv_heads": Hkv, "context": S, "path": f"{name} decode", "us": round(t * 1e6, 1),
                              "KV_GBps": round(gbps, 1), "copy_fraction": round(gbps / copy_GBps, 3)})
                 log(rows[-1])
-            del k, v
-            torch.cuda.empty_cache()
     return rows
 
 
@@ -117,7 +113,7 @@ def fused_rows(rows: list[int], cfg_dim: int, hidden: int, copy_GBps: float) -> 
             for path, fn in (("triton", get(op, "triton")), ("inductor (compiled reference)", torch.compile(reference)),
                              ("eager reference", reference)):
                 replay = graphed(lambda fn=fn: call(fn))
-                t = sorted(cuda_time(replay, repeat=20) for _ in range(3))[1]
+                t = median_cuda_time(replay, repeat=20)
                 gbps = n_bytes / t / 1e9
                 out.append({"op": op, "rows": M, "path": path, "us": round(t * 1e6, 2), "GBps": round(gbps, 1),
                             "copy_fraction": round(gbps / copy_GBps, 3)})

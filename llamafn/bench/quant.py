@@ -25,7 +25,7 @@ from ..model import forward
 from ..params import fuse, init_params, nbytes
 from ..quant import dequantize, quantize
 from ..quant.formats import quantize_weight
-from .ceilings import cuda_time, measure, write_results
+from .ceilings import measure, median_cuda_time, write_results
 from .decode import compiled_decode, log
 from .verify import graphed
 
@@ -45,11 +45,11 @@ def time_rotating(fn, weights: list, x: torch.Tensor) -> float:
         for w in weights:
             fn(x, w)
     replay = graphed(run)
-    return sorted(cuda_time(replay, repeat=3) for _ in range(3))[1] / len(weights)
+    return median_cuda_time(replay, repeat=3) / len(weights)
 
 
 def weight_bytes(w) -> int:
-    return sum(t.numel() * t.element_size() for t in (w if isinstance(w, tuple) else (w,)))
+    return nbytes({"w": w})
 
 
 def kernel_rows(cfg, rows: list[int], schemes: list[str], copy_GBps: float) -> list[dict]:

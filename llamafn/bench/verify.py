@@ -21,7 +21,7 @@ from .. import cache as kv
 from ..config import preset
 from ..model import forward
 from ..params import fuse, init_params
-from .ceilings import cuda_time, measure, write_results
+from .ceilings import measure, median_cuda_time, write_results
 
 
 def graphed(fn):
@@ -48,13 +48,13 @@ def forward_time(params, cfg, batch: int, n_tokens: int, context: int) -> float:
         forward(params, tokens, cache, cfg=cfg)   # writes the same positions every replay: lengths are not advanced
 
     replay = graphed(run)
-    return sorted(cuda_time(replay, repeat=20) for _ in range(3))[1]
+    return median_cuda_time(replay, repeat=20)
 
 
 def reorder_time(cfg, beams: int, context: int, device: torch.device | str = "cuda") -> float:
     cache = kv.init_cache(cfg, beams, context, dtype=torch.bfloat16, device=device)
     index = torch.arange(beams, device=device).flip(0)
-    return sorted(cuda_time(lambda: kv.reorder(cache, index), repeat=20) for _ in range(3))[1]
+    return median_cuda_time(lambda: kv.reorder(cache, index), repeat=20)
 
 
 def main(argv: list[str] | None = None) -> int:

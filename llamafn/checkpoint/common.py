@@ -16,7 +16,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, InputError, ParamsError
-from ..params import Params, check_params, is_fused, param_shapes
+from ..params import Params, check_params, is_fused, param_shapes, tensors
 from ..quant import from_tensors, is_quantized
 from ..quant.formats import check_weight
 
@@ -69,8 +69,7 @@ def materialize(lazy: dict[str, LazyTensor], cfg: ModelConfig, source: str, *,
                       else torch.empty(t.shape, device="meta") for k, t in lazy.items()}, cfg)
     except (ParamsError, InputError) as e:
         raise CheckpointError(f"{source}: the weights contradict the model config: {e}") from None
-    fields = [f for t in lazy.values() for f in (t if is_quantized(t) else (t,))]
-    total = sum(torch.Size(f.shape).numel() for f in fields)
+    total = sum(torch.Size(f.shape).numel() for f in tensors(lazy))
     bar, done, params = progress(total, f"loading {Path(source).name}"), 0, {}
 
     def read(f: LazyTensor) -> torch.Tensor:

@@ -222,13 +222,12 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: to
     """The model's layout: q (B, H, T, D), k/v (B, Hkv, S, D), query positions (B, T) or None (causal, S == T)."""
     B, H, T, _ = q.shape
     if q_pos is not None and (H // k.shape[1]) * T <= DECODE_MAX_ROWS:
-        return flash_decode_launch(q, k, v, q_pos.to(torch.int32))
+        return flash_decode_launch(q, k, v, q_pos)                             # int64 positions, read as they are
     zeros = torch.zeros(B, dtype=torch.int32, device=q.device)
     if q_pos is None:
         q_pos = torch.arange(T, dtype=torch.int32, device=q.device).expand(B, T)
         k_len = torch.full((B,), T, dtype=torch.int32, device=q.device)
     else:
-        q_pos = q_pos.to(torch.int32)
         k_len = torch.full((B,), k.shape[2], dtype=torch.int32, device=q.device)
     q_len = torch.full((B,), T, dtype=torch.int32, device=q.device)
     return flash_attention_launch(q, k, v, q_pos, zeros, q_len, zeros, k_len, T)

@@ -109,14 +109,9 @@ def _configs(use_dot: bool, M: int, group: int = 0) -> list:
         bm = 16 if M <= 16 else 32 if M <= 64 else 64
         shapes = [(bm, bn, bk, w, s) for bn in (16, 32, 64, 128) for bk in (64, 128, 256)
                   for w, s in ((4, 3), (8, 4)) if bn * bk <= 16384]
-    unique = sorted({(bm, bn, block_k(bk, group), w, s) for bm, bn, bk, w, s in shapes})
+    unique = sorted({(bm, bn, max(bk, group), w, s) for bm, bn, bk, w, s in shapes})   # whole groups a tile
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
             for bm, bn, bk, w, s in unique]
-
-
-def block_k(bk: int, group: int) -> int:
-    """The K tile: a multiple of the int4 group (a power of two), so a tile holds whole groups."""
-    return max(bk, group)
 
 
 _TUNED: dict[tuple, object] = {}
@@ -126,7 +121,7 @@ def _kernel(name: str, use_dot: bool, M: int, group: int = 0):
     """The kernel to launch: fixed small tiles in the interpreter, an autotuned one per M class on a GPU."""
     kernel = int8_kernel if name == "int8" else int4_kernel
     if INTERPRET:
-        return kernel, {"BLOCK_M": 16 if use_dot else 1, "BLOCK_N": 16, "BLOCK_K": block_k(32, group)}
+        return kernel, {"BLOCK_M": 16 if use_dot else 1, "BLOCK_N": 16, "BLOCK_K": max(32, group)}
     m_class = 1 if not use_dot else 16 if M <= 16 else 64 if M <= 64 else 1 << 30
     key = (name, use_dot, m_class, group)
     if key not in _TUNED:

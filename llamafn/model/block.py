@@ -6,9 +6,9 @@ import torch
 
 from ..cache import KVCache
 from ..config import ModelConfig
+from ..kernels import get_or_reference
 from .attention import attention
 from .ffn import feed_forward
-from ..kernels import get_or_reference
 from .norm import rms_norm
 
 

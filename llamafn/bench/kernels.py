@@ -9,7 +9,7 @@
   flash-decoding against SDPA over the folded groups (the "sdpa" backend's decode path), each replayed
   from a CUDA graph as in the compiled decode step.
 
-- the fused elementwise kernels (residual add + RMSNorm, SwiGLU) at 7B widths, against their references
+- the fused elementwise kernels (residual add + RMSNorm, SwiGLU, RoPE + KV-cache write) at 7B widths, against their references
   eager and compiled by inductor, as GB/s next to the copy bandwidth.
 
 The end-to-end 7B decode and prefill with and without the kernels is
@@ -27,7 +27,10 @@ import sys
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .. import cache as kv
+from ..config import preset
 from ..kernels import get
+from ..model.rope import rope_angles
 from .ceilings import measure, median_cuda_time, write_results
 from .decode import log
 from .verify import graphed
@@ -96,10 +99,11 @@ def decode_rows(contexts: list[int], head_configs: list[tuple[int, int]], copy_G
     return rows
 
 
-def fused_rows(rows: list[int], cfg_dim: int, hidden: int, copy_GBps: float) -> list[dict]:
+def fused_rows(rows: list[int], cfg, copy_GBps: float) -> list[dict]:
     """Each fused kernel against its eager reference and the reference compiled by inductor (what the
     compiled decode step would otherwise run), as bytes moved per second (graph replays)."""
     out = []
+    cfg_dim, hidden = cfg.dim, cfg.hidden_dim
     for M in rows:
         x, delta = (torch.randn(M, cfg_dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
         w = torch.randn(cfg_dim, device="cuda", dtype=torch.bfloat16)
@@ -108,6 +112,13 @@ def fused_rows(rows: list[int], cfg_dim: int, hidden: int, copy_GBps: float) -> 
             "add_rms_norm": (lambda f: f(x, delta, w, 1e-5), 5 * M * cfg_dim * 2 + cfg_dim * 2),
             "swiglu": (lambda f: f(*gate_up.chunk(2, dim=-1)), 3 * M * hidden * 2),
         }
+        B, T = (M, 1) if M <= 32 else (1, M)                                   # decode rows or one prefill
+        q, k, v = (torch.randn(B, T, 32, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        cos, sin = rope_angles(torch.arange(T, device="cuda").expand(B, T), cfg)
+        cache = kv.init_cache(cfg, B, T, dtype=torch.bfloat16, device="cuda")
+        pos = torch.arange(T, device="cuda").expand(B, T)
+        cases["rope_write"] = (lambda f: f(q, k, v, cos, sin, cache, 0, pos),
+                               6 * M * cfg_dim * 2 + 2 * cos.numel() * 4)      # q, k, v in; q, k, v out; the angles
         for op, (call, n_bytes) in cases.items():
             reference = get(op, "reference")
             for path, fn in (("triton", get(op, "triton")), ("inductor (compiled reference)", torch.compile(reference)),
@@ -140,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     results["decode"] = decode_rows([int(n) for n in args.contexts.split(",")], [(32, 32), (32, 8)],
                                     results["ceilings"]["copy_GBps"])
     write_results(results, args.out, "kernels")
-    results["fused"] = fused_rows([1, 8, 32, 2048], 4096, 11008, results["ceilings"]["copy_GBps"])
+    results["fused"] = fused_rows([1, 8, 32, 2048], preset("llama-2-7b"), results["ceilings"]["copy_GBps"])
     print(f"wrote {write_results(results, args.out, 'kernels')}")
     return 0
 

@@ -52,6 +52,45 @@ def weight_bytes(w) -> int:
     return nbytes({"w": w})
 
 
+def relative_error(out: torch.Tensor, x: torch.Tensor, w) -> float:
+    """max |out - x @ w^T| over max |x @ w^T|, w dequantised in fp32 (checks every path it times)."""
+    reference = x.float() @ (w if isinstance(w, torch.Tensor) else dequantize(w, torch.float32)).float().T
+    return round(((out.float() - reference).abs().max() / reference.abs().max()).item(), 5)
+
+
+def tinygemm_weight(w, inner_k_tiles: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """An Int4Weight in the layout of PyTorch's tinygemm kernel (`torch._weight_int4pack_mm`, gpt-fast's
+    int4 path): w = (q - 8) * scale + zero with zero = (8 - z) * scale, scales and zeros as (G, N, 2).
+    The nibble order the packing op expects has changed across PyTorch versions: the one whose product
+    matches the dequantised weight on a probe is kept."""
+    scale = w.scale.float()
+    scales_and_zeros = torch.stack([scale, (8 - w.zero.float()) * scale], dim=-1).transpose(0, 1).contiguous()
+    scales_and_zeros = scales_and_zeros.to(torch.bfloat16)                     # (G, N, 2)
+    probe = torch.randn(1, w.shape[1], device=w.q.device, dtype=torch.bfloat16)
+    for q in (((w.q & 0xF) << 4) | (w.q >> 4), w.q):                           # even column high, then low
+        packed = torch._convert_weight_to_int4pack(q.contiguous(), inner_k_tiles)
+        if relative_error(torch._weight_int4pack_mm(probe, packed, w.group_size, scales_and_zeros), probe, w) < 0.02:
+            break
+    return packed, scales_and_zeros
+
+
+def kernel_paths(s: str, M: int, copies: list) -> dict:
+    """{path: (fn(x, prepared weight), prepared copies)} timed for scheme s at M rows."""
+    if s == "bf16":
+        return {"cuBLAS": (lambda x, w: F.linear(x, w), copies)}
+    if s == "int8":
+        paths = {"triton": (lambda x, w: torch.ops.llamafn.int8_matmul(x, w.q, w.scale), copies)}
+    else:
+        paths = {"triton": (lambda x, w: torch.ops.llamafn.int4_matmul(x, w.q, w.scale, w.zero, w.group_size), copies)}
+        if M <= 64 and hasattr(torch, "_weight_int4pack_mm"):
+            group = copies[0].group_size
+            paths["tinygemm (torch._weight_int4pack_mm)"] = (
+                lambda x, w: torch._weight_int4pack_mm(x, w[0], group, w[1]), [tinygemm_weight(w) for w in copies])
+    if M >= 128:
+        paths["dequantize + cuBLAS"] = (lambda x, w: F.linear(x, dequantize(w, x.dtype)), copies)
+    return paths
+
+
 def kernel_rows(cfg, rows: list[int], schemes: list[str], copy_GBps: float) -> list[dict]:
     shapes = {"wqkv": ((cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, cfg.dim), "wo": (cfg.dim, cfg.dim),
               "w13": (2 * cfg.hidden_dim, cfg.dim), "w2": (cfg.dim, cfg.hidden_dim)}
@@ -69,17 +108,13 @@ def kernel_rows(cfg, rows: list[int], schemes: list[str], copy_GBps: float) -> l
         for M in rows:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
             for s, (w, copies) in variants.items():
-                paths = {"cuBLAS": lambda x, w: F.linear(x, w)} if s == "bf16" else {
-                    "triton": (lambda x, w: torch.ops.llamafn.int8_matmul(x, w.q, w.scale)) if s == "int8" else
-                              (lambda x, w: torch.ops.llamafn.int4_matmul(x, w.q, w.scale, w.zero, w.group_size))}
-                if s != "bf16" and M >= 128:
-                    paths["dequantize + cuBLAS"] = lambda x, w: F.linear(x, dequantize(w, x.dtype))
-                for path, fn in paths.items():
-                    t = time_rotating(fn, copies, x)
+                for path, (fn, prepared) in kernel_paths(s, M, copies).items():
+                    err = relative_error(fn(x, prepared[0]), x, w)
+                    t = time_rotating(fn, prepared, x)
                     gbps = weight_bytes(w) / t / 1e9
                     out.append({"layer": name, "N": N, "K": K, "M": M, "weights": s, "path": path,
                                 "us": round(t * 1e6, 1), "weight_GBps": round(gbps, 1),
-                                "copy_fraction": round(gbps / copy_GBps, 3)})
+                                "copy_fraction": round(gbps / copy_GBps, 3), "relative_error": err})
                     log(out[-1])
         del variants, dense
     return out

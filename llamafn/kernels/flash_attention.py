@@ -37,6 +37,8 @@ from .runtime import INTERPRET, launcher, require_triton, triton
 if triton is not None:
     import triton.language as tl
 
+    from .runtime import dot
+
     @triton.jit
     def flash_fwd_kernel(Q, K, V, O, POS, Q_START, Q_LEN, K_START, K_LEN, qk_scale,
                          sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, spb, H, GROUP, D,
@@ -64,7 +66,7 @@ if triton is not None:
             rn = n0 + tl.arange(0, BLOCK_N)                                           # (BN,) key indices
             k = tl.load(K + b * skb + hk * skh + (k_start + rn)[None, :] * skt + rd[:, None],
                         mask=(rn[None, :] < hi) & (rd[:, None] < D), other=0.0)       # (BD, BN)
-            s = tl.dot(q, k) * qk_scale                                               # (BM, BN), log2 units
+            s = dot(q, k) * qk_scale                                               # (BM, BN), log2 units
             visible = rn[None, :] < hi
             if CAUSAL:
                 visible = visible & (rn[None, :] <= pos[:, None])
@@ -76,7 +78,7 @@ if triton is not None:
             v = tl.load(V + b * svb + hk * svh + (k_start + rn)[:, None] * svt + rd[None, :],
                         mask=(rn[:, None] < hi) & (rd[None, :] < D), other=0.0)       # (BN, BD)
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + dot(p.to(v.dtype), v)
             m_i = m_new
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         tl.store(O + b * sob + h * soh + (q_start + rm)[:, None] * sot + rd[None, :], out.to(O.dtype.element_ty),
@@ -106,7 +108,7 @@ if triton is not None:
             rn = n0 + tl.arange(0, BLOCK_N)
             k = tl.load(K + b * skb + hk * skh + rn[None, :] * skt + rd[:, None],
                         mask=(rn[None, :] < hi) & (rd[:, None] < D), other=0.0)       # (BD, BN)
-            s = tl.dot(q, k) * qk_scale                                               # (BM, BN)
+            s = dot(q, k) * qk_scale                                               # (BM, BN)
             s = tl.where((rn[None, :] < hi) & (rn[None, :] <= pos[:, None]), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -115,7 +117,7 @@ if triton is not None:
             v = tl.load(V + b * svb + hk * svh + rn[:, None] * svt + rd[None, :],
                         mask=(rn[:, None] < hi) & (rd[None, :] < D), other=0.0)       # (BN, BD)
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + dot(p.to(v.dtype), v)
             m_i = m_new
         base = (pid_bk * n_splits + split) * BLOCK_M + rr                             # (BM,) scratch rows
         tl.store(PART_O + base[:, None] * BLOCK_D + rd[None, :], acc)
@@ -123,28 +125,32 @@ if triton is not None:
         tl.store(PART_ML + base * 2 + 1, l_i)
 
     @triton.jit
-    def flash_decode_merge_kernel(PART_O, PART_ML, O, T, Hkv, GROUP, D, N_SPLITS, sob, soh, sot,
-                                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-        """Merge the splits' (acc, max, sum) of one KV head's rows: out = sum_i e^(m_i - m) acc_i / sum_i e^(m_i - m) l_i."""
-        pid_bk = tl.program_id(0)
+    def flash_decode_merge_kernel(PART_O, PART_ML, O, T, Hkv, GROUP, N_SPLITS, D, sob, soh, sot,
+                                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+        """Merge the splits' (acc, max, sum) of one query row, BLOCK_S splits a step:
+        out = sum_i e^(m_i - m) acc_i / sum_i e^(m_i - m) l_i."""
+        pid_bk, r = tl.program_id(0), tl.program_id(1)                                # r = (head in group) * T + t
         b, hk = pid_bk // Hkv, pid_bk % Hkv
-        rr = tl.arange(0, BLOCK_M)
+        rs = tl.arange(0, BLOCK_S)
         rd = tl.arange(0, BLOCK_D)
-        m = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-        for i in range(0, N_SPLITS):
-            m = tl.maximum(m, tl.load(PART_ML + ((pid_bk * N_SPLITS + i) * BLOCK_M + rr) * 2))
+        m_run = tl.full((BLOCK_S,), float("-inf"), dtype=tl.float32)
+        for i0 in range(0, N_SPLITS, BLOCK_S):
+            rows = (pid_bk * N_SPLITS + i0 + rs) * BLOCK_M + r                        # (BS,) scratch rows
+            m_run = tl.maximum(m_run, tl.load(PART_ML + rows * 2, mask=i0 + rs < N_SPLITS, other=float("-inf")))
+        m = tl.max(m_run, axis=0)
         m_safe = tl.where(m == float("-inf"), 0.0, m)
-        l = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-        for i in range(0, N_SPLITS):
-            base = (pid_bk * N_SPLITS + i) * BLOCK_M + rr
-            w = tl.exp2(tl.load(PART_ML + base * 2) - m_safe)                         # (BM,) 0 for empty splits
-            l += w * tl.load(PART_ML + base * 2 + 1)
-            acc += w[:, None] * tl.load(PART_O + base[:, None] * BLOCK_D + rd[None, :])
-        out = acc / tl.where(l == 0.0, 1.0, l)[:, None]
-        g, t = rr // T, rr % T
-        tl.store(O + b * sob + (hk * GROUP + g)[:, None] * soh + t[:, None] * sot + rd[None, :],
-                 out.to(O.dtype.element_ty), mask=(rr < GROUP * T)[:, None] & (rd[None, :] < D))
+        l_run = tl.zeros((BLOCK_S,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float32)
+        for i0 in range(0, N_SPLITS, BLOCK_S):
+            ok = i0 + rs < N_SPLITS
+            rows = (pid_bk * N_SPLITS + i0 + rs) * BLOCK_M + r
+            w = tl.exp2(tl.load(PART_ML + rows * 2, mask=ok, other=float("-inf")) - m_safe)   # (BS,) 0 for empty splits
+            l_run += w * tl.load(PART_ML + rows * 2 + 1, mask=ok, other=0.0)
+            acc += w[:, None] * tl.load(PART_O + rows[:, None] * BLOCK_D + rd[None, :], mask=ok[:, None], other=0.0)
+        l = tl.sum(l_run, axis=0)
+        out = tl.sum(acc, axis=0) / tl.where(l == 0.0, 1.0, l)                        # (BD,)
+        g, t = r // T, r % T
+        tl.store(O + b * sob + (hk * GROUP + g) * soh + t * sot + rd, out.to(O.dtype.element_ty), mask=rd < D)
 
 
 def block_d(D: int) -> int:
@@ -186,6 +192,15 @@ def prefill_tuned():
     return triton.autotune(configs, key=["D", "CAUSAL", "BLOCK_D"])(flash_fwd_kernel)
 
 
+@functools.cache
+def decode_tuned():
+    """flash_decode_kernel autotuned on a GPU per (cache length, rows a group, head dim): key tile (any
+    divisor of the split's chunk, a multiple of 64), warps and pipelining stages."""
+    configs = [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
+               for bn in (32, 64) for w in (4, 8) for s in (2, 3, 4)]
+    return triton.autotune(configs, key=["S", "T", "GROUP", "D"])(flash_decode_kernel)
+
+
 def decode_splits(batch: int, n_kv_heads: int, n_keys: int, block_n: int) -> int:
     """Splits of the key axis: enough programs for ~2 waves on a large GPU, each at least one tile
     (at most 2 in the interpreter, where every program costs milliseconds)."""
@@ -204,14 +219,15 @@ def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: 
     part_o = torch.empty(B * Hkv * n_splits * BLOCK_M, BLOCK_D, dtype=torch.float32, device=q.device)
     part_ml = torch.empty(B * Hkv * n_splits * BLOCK_M, 2, dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
-    warps = {} if INTERPRET else {"num_warps": 4, "num_stages": 3}
-    launcher(flash_decode_kernel)[(B * Hkv, n_splits)](
+    kernel, fixed = (flash_decode_kernel, {"BLOCK_N": BLOCK_N}) if INTERPRET else (decode_tuned(), {})
+    launcher(kernel)[(B * Hkv, n_splits)](
         q, k, v, pos, part_o, part_ml, 1.4426950408889634 / math.sqrt(D), S, T, Hkv, group, D, chunk,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), pos.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, **warps)
-    launcher(flash_decode_merge_kernel)[(B * Hkv,)](
-        part_o, part_ml, out, T, Hkv, group, D, n_splits, out.stride(0), out.stride(1), out.stride(2),
-        BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, **({} if INTERPRET else {"num_warps": 4}))
+        v.stride(0), v.stride(1), v.stride(2), pos.stride(0), BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, **fixed)
+    launcher(flash_decode_merge_kernel)[(B * Hkv, group * T)](
+        part_o, part_ml, out, T, Hkv, group, n_splits, D, out.stride(0), out.stride(1), out.stride(2),
+        BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_S=min(64, triton.next_power_of_2(n_splits)),
+        **({} if INTERPRET else {"num_warps": 4}))
     return out
 
 

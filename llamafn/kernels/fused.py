@@ -56,34 +56,34 @@ if triton is not None:
     def rope_write_kernel(Q, K, V, COS, SIN, POS, QO, CK, CV, T, H, Hkv,
                           sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, scb, sct, spb,
                           sob, soh, sot, sckb, sckh, scks, scvb, scvh, scvs,
-                          HALF: tl.constexpr, BLOCK: tl.constexpr):
-        """One program a (token, head): heads < H rotate q into QO; the others rotate k (and copy v) into
-        the cache at the token's position. Pairs (2i, 2i + 1) are read and written with stride-2 addresses."""
-        bt, head = tl.program_id(0), tl.program_id(1)
+                          HALF: tl.constexpr, BLOCK: tl.constexpr, BLOCK_H: tl.constexpr):
+        """One program a (token, block of BLOCK_H heads): q blocks rotate q into QO; k blocks rotate k (and
+        copy v) into the cache at the token's position. Heads are read and written whole as contiguous
+        (pairs, 2) tiles and split into the pairs' halves in registers."""
+        bt, hb = tl.program_id(0), tl.program_id(1)
         b, t = bt // T, bt % T
-        i = tl.arange(0, BLOCK)
-        ok = i < HALF
-        c = tl.load(COS + b * scb + t * sct + i, mask=ok, other=0.0)
-        s = tl.load(SIN + b * scb + t * sct + i, mask=ok, other=0.0)
-        if head < H:
-            src = Q + b * sqb + t * sqt + head * sqh
-            re, im = tl.load(src + 2 * i, mask=ok, other=0.0).to(tl.float32), tl.load(src + 2 * i + 1, mask=ok, other=0.0).to(tl.float32)
-            dst = QO + b * sob + head * soh + t * sot
-            tl.store(dst + 2 * i, (re * c - im * s).to(QO.dtype.element_ty), mask=ok)
-            tl.store(dst + 2 * i + 1, (re * s + im * c).to(QO.dtype.element_ty), mask=ok)
+        n_q_blocks = tl.cdiv(H, BLOCK_H)
+        i = tl.arange(0, BLOCK)                                                       # (BLOCK,) pair index
+        pair = i[:, None] * 2 + tl.arange(0, 2)[None, :]                              # (BLOCK, 2) offsets in a head
+        c = tl.load(COS + b * scb + t * sct + i, mask=i < HALF, other=0.0)[None, :]   # (1, BLOCK)
+        s = tl.load(SIN + b * scb + t * sct + i, mask=i < HALF, other=0.0)[None, :]
+        if hb < n_q_blocks:
+            h = hb * BLOCK_H + tl.arange(0, BLOCK_H)                                  # (BH,) query heads
+            ok = (h < H)[:, None, None] & (pair < 2 * HALF)[None, :, :]               # (BH, BLOCK, 2)
+            x = tl.load(Q + b * sqb + t * sqt + h[:, None, None] * sqh + pair[None], mask=ok, other=0.0).to(tl.float32)
+            re, im = tl.split(x)                                                      # (BH, BLOCK) each
+            out = tl.join(re * c - im * s, re * s + im * c)                           # (BH, BLOCK, 2)
+            tl.store(QO + b * sob + h[:, None, None] * soh + t * sot + pair[None], out.to(QO.dtype.element_ty), mask=ok)
         else:
-            hk = head - H
+            h = (hb - n_q_blocks) * BLOCK_H + tl.arange(0, BLOCK_H)                   # (BH,) KV heads
+            ok = (h < Hkv)[:, None, None] & (pair < 2 * HALF)[None, :, :]
             p = tl.load(POS + b * spb + t)
-            src = K + b * skb + t * skt + hk * skh
-            re, im = tl.load(src + 2 * i, mask=ok, other=0.0).to(tl.float32), tl.load(src + 2 * i + 1, mask=ok, other=0.0).to(tl.float32)
-            dst = CK + b * sckb + hk * sckh + p * scks
-            tl.store(dst + 2 * i, (re * c - im * s).to(K.dtype.element_ty).to(CK.dtype.element_ty), mask=ok)
-            tl.store(dst + 2 * i + 1, (re * s + im * c).to(K.dtype.element_ty).to(CK.dtype.element_ty), mask=ok)
-            vsrc = V + b * svb + t * svt + hk * svh
-            vdst = CV + b * scvb + hk * scvh + p * scvs
-            tl.store(vdst + 2 * i, tl.load(vsrc + 2 * i, mask=ok, other=0.0).to(CV.dtype.element_ty), mask=ok)
-            tl.store(vdst + 2 * i + 1, tl.load(vsrc + 2 * i + 1, mask=ok, other=0.0).to(CV.dtype.element_ty), mask=ok)
-
+            x = tl.load(K + b * skb + t * skt + h[:, None, None] * skh + pair[None], mask=ok, other=0.0).to(tl.float32)
+            re, im = tl.split(x)
+            k_out = tl.join(re * c - im * s, re * s + im * c).to(K.dtype.element_ty)
+            tl.store(CK + b * sckb + h[:, None, None] * sckh + p * scks + pair[None], k_out.to(CK.dtype.element_ty), mask=ok)
+            v = tl.load(V + b * svb + t * svt + h[:, None, None] * svh + pair[None], mask=ok, other=0.0)
+            tl.store(CV + b * scvb + h[:, None, None] * scvh + p * scvs + pair[None], v.to(CV.dtype.element_ty), mask=ok)
 
 def rows_of(t: torch.Tensor) -> torch.Tensor:
     """(..., N) -> (M, N) without a copy where the rows are evenly strided (contiguous last dim)."""
@@ -124,12 +124,14 @@ def rope_write_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: to
     Hkv = k.shape[2]
     q_out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
     cos, sin = cos.contiguous(), sin.contiguous()
-    launcher(rope_write_kernel)[(B * T, H + Hkv)](
+    BLOCK_H = 4
+    launcher(rope_write_kernel)[(B * T, triton.cdiv(H, BLOCK_H) + triton.cdiv(Hkv, BLOCK_H))](
         q, k, v, cos, sin, pos, q_out, cache_k, cache_v, T, H, Hkv,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), cos.stride(0), cos.stride(1), pos.stride(0),
         q_out.stride(0), q_out.stride(1), q_out.stride(2), cache_k.stride(0), cache_k.stride(1), cache_k.stride(2),
-        cache_v.stride(0), cache_v.stride(1), cache_v.stride(2), HALF=D // 2, BLOCK=max(16, 1 << (D // 2 - 1).bit_length()))
+        cache_v.stride(0), cache_v.stride(1), cache_v.stride(2), HALF=D // 2, BLOCK=max(16, 1 << (D // 2 - 1).bit_length()),
+        BLOCK_H=BLOCK_H)
     return q_out
 
 

@@ -29,6 +29,8 @@ from .runtime import INTERPRET, launcher, triton
 if triton is not None:
     import triton.language as tl
 
+    from .runtime import dot
+
     @triton.jit
     def int8_kernel(x_ptr, q_ptr, s_ptr, out_ptr, M, N, K, stride_xm, stride_qn, stride_om,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr):
@@ -46,7 +48,7 @@ if triton is not None:
             if USE_DOT:
                 x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :],
                             mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)    # (BM, BK)
-                acc += tl.dot(x, tl.trans(w.to(x.dtype)))                             # (BM, BN)
+                acc += dot(x, tl.trans(w.to(x.dtype)))                             # (BM, BN)
             else:
                 x = tl.load(x_ptr + pid_m * stride_xm + rk, mask=rk < K, other=0.0)   # (BK,)
                 acc += w.to(tl.float32) * x.to(tl.float32)[None, :]                   # (BN, BK)
@@ -85,7 +87,7 @@ if triton is not None:
                 w = (tl.reshape(q, (BLOCK_N, NG, GROUP)) - z[:, :, None]) * s[:, :, None]   # (BN, NG, g)
                 x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :],
                             mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)    # (BM, BK)
-                acc += tl.dot(x, tl.trans(tl.reshape(w, (BLOCK_N, BLOCK_K)).to(x.dtype)))   # (BM, BN)
+                acc += dot(x, tl.trans(tl.reshape(w, (BLOCK_N, BLOCK_K)).to(x.dtype)))   # (BM, BN)
             else:
                 x = tl.load(x_ptr + pid_m * stride_xm + rk, mask=rk < K, other=0.0).to(tl.float32)   # (BK,)
                 qx = tl.sum(tl.reshape(q * x[None, :], (BLOCK_N, NG, GROUP)), axis=2)           # (BN, NG)

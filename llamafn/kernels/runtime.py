@@ -18,6 +18,18 @@ except ImportError:                      # triton is optional on the CPU: the re
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
+if triton is not None:
+    import triton.language as tl
+
+    @triton.jit
+    def dot(a, b):
+        """tl.dot in IEEE fp32 for float32 operands (the default TF32 keeps 10 mantissa bits), else the
+        tensor cores' fp16/bf16 product with fp32 accumulation."""
+        if a.dtype == tl.float32:
+            return tl.dot(a, b, input_precision="ieee")
+        else:
+            return tl.dot(a, b)
+
 
 def launcher(kernel):
     """kernel[grid](...) as to launch it: directly in the interpreter, wrapped for tracing on a GPU."""

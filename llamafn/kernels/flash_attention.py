@@ -15,8 +15,12 @@ head h to KV head h // (H / Hkv) without repeating K/V.
 
 Decode (a few query rows a KV head) is split along the keys instead (`flash_decode`): one program per
 (row, KV head, split) takes every query head of the group as its rows, so K and V are read once per
-group, and a second kernel merges the splits' partial softmaxes. Batch-1 long-context decode then
-spreads over the whole GPU.
+group, and a second kernel (one program a query row, the splits loaded BLOCK_S at a time) merges the
+splits' partial softmaxes. Batch-1 long-context decode then spreads over the whole GPU.
+
+Scores are cast to fp32 after the scale: under inductor the Python-float scale can arrive as fp64,
+which would turn the loop-carried softmax statistics into fp64. float32 inputs use IEEE products
+(`runtime.dot`), not TF32.
 
 Head dims up to 256 (padded to a power of two >= 16). Registered as custom ops
 (`torch.ops.llamafn.flash_attention`, `flash_decode`) so compiled steps capture them with fullgraph;
@@ -66,7 +70,7 @@ if triton is not None:
             rn = n0 + tl.arange(0, BLOCK_N)                                           # (BN,) key indices
             k = tl.load(K + b * skb + hk * skh + (k_start + rn)[None, :] * skt + rd[:, None],
                         mask=(rn[None, :] < hi) & (rd[:, None] < D), other=0.0)       # (BD, BN)
-            s = dot(q, k) * qk_scale                                               # (BM, BN), log2 units
+            s = (dot(q, k) * qk_scale).to(tl.float32)                              # (BM, BN), log2 units
             visible = rn[None, :] < hi
             if CAUSAL:
                 visible = visible & (rn[None, :] <= pos[:, None])
@@ -108,7 +112,7 @@ if triton is not None:
             rn = n0 + tl.arange(0, BLOCK_N)
             k = tl.load(K + b * skb + hk * skh + rn[None, :] * skt + rd[:, None],
                         mask=(rn[None, :] < hi) & (rd[:, None] < D), other=0.0)       # (BD, BN)
-            s = dot(q, k) * qk_scale                                               # (BM, BN)
+            s = (dot(q, k) * qk_scale).to(tl.float32)                              # (BM, BN)
             s = tl.where((rn[None, :] < hi) & (rn[None, :] <= pos[:, None]), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -185,7 +189,7 @@ def flash_attention_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
 
 @functools.cache
 def prefill_tuned():
-    """flash_fwd_kernel autotuned on a GPU per (head dim, causal, query-length bucket): tile shapes, warps
+    """flash_fwd_kernel autotuned on a GPU per (head dim, causal): tile shapes, warps
     and pipelining stages (Hopper favours 128 x 64 tiles with 8 warps at head dim 128, larger at 64)."""
     configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                for bm, bn in ((64, 64), (128, 64), (128, 128), (64, 32)) for w, s in ((4, 3), (8, 3), (8, 4))]

@@ -12,7 +12,10 @@ int4: the gemv path uses sum_k (q - z) s x = s (sum_k q x - z sum_k x) per group
 zero point and scale once per group and output); the dot path dequantises the tile, (q - z) * s, in
 registers and feeds it to `tl.dot` with tiles of several groups. A variant that kept the raw 4-bit values
 in the dot (one K step a group, the correction after) and multiplied even/odd activations against the
-low/high nibbles measured 1.1-2.2x slower on the H200 (benchmarks/results/quant-nvidia-h200.json).
+low/high nibbles measured 1.1-2.2x slower on the H200 (benchmarks/results/quant-nvidia-h200.json), and
+so did a GEMV that read int32 words and built floats with the 2^23 magic-number trick instead of
+int-to-float conversions (1.1-2x slower: the activations' gathers by column offset went through shared
+memory).
 
 Both are registered as custom ops (`torch.ops.llamafn.int8_matmul`, `int4_matmul`, via
 `torch.library.triton_op`) so that a compiled decode step captures them with `fullgraph=True` and
@@ -48,7 +51,7 @@ if triton is not None:
             if USE_DOT:
                 x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :],
                             mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)    # (BM, BK)
-                acc += dot(x, tl.trans(w.to(x.dtype)))                             # (BM, BN)
+                acc += dot(x, tl.trans(w.to(x.dtype)))                                # (BM, BN)
             else:
                 x = tl.load(x_ptr + pid_m * stride_xm + rk, mask=rk < K, other=0.0)   # (BK,)
                 acc += w.to(tl.float32) * x.to(tl.float32)[None, :]                   # (BN, BK)
@@ -87,7 +90,7 @@ if triton is not None:
                 w = (tl.reshape(q, (BLOCK_N, NG, GROUP)) - z[:, :, None]) * s[:, :, None]   # (BN, NG, g)
                 x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :],
                             mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)    # (BM, BK)
-                acc += dot(x, tl.trans(tl.reshape(w, (BLOCK_N, BLOCK_K)).to(x.dtype)))   # (BM, BN)
+                acc += dot(x, tl.trans(tl.reshape(w, (BLOCK_N, BLOCK_K)).to(x.dtype)))      # (BM, BN)
             else:
                 x = tl.load(x_ptr + pid_m * stride_xm + rk, mask=rk < K, other=0.0).to(tl.float32)   # (BK,)
                 qx = tl.sum(tl.reshape(q * x[None, :], (BLOCK_N, NG, GROUP)), axis=2)           # (BN, NG)

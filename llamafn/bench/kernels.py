@@ -3,7 +3,8 @@
 - causal prefill, batch 1, 32 heads, head dim 128 at 1k-16k tokens and head dim 64 at 4k: TFLOP/s
   of the "triton" backend (FlashAttention-2, llamafn.kernels.flash_attention) against PyTorch SDPA
   forced to its flash, cuDNN and memory-efficient backends and the naive materialised formula
-  ("reference", up to 8k), with each one's peak memory above the inputs (O(N) against O(N^2));
+  ("reference", up to 8k), each replayed from a CUDA graph, with each one's peak memory above the
+  inputs in an eager call (O(N) against O(N^2));
 - decode attention, one query token a head over a KV cache of 4k-128k positions (Llama-2 MHA 32/32 and
   Llama-3 GQA 32/8 heads, head dim 128): the bytes of K and V read per second against the copy bandwidth,
   flash-decoding against SDPA over the folded groups (the "sdpa" backend's decode path), each replayed
@@ -40,14 +41,15 @@ SDPA_BACKENDS = {"sdpa flash": SDPBackend.FLASH_ATTENTION, "sdpa cuDNN": SDPBack
 
 
 def timed(fn) -> tuple[float, float]:
-    """(seconds per call, peak bytes allocated during a call above what was allocated before)."""
+    """(seconds per call replayed from a CUDA graph, so host-side launch cost is out as in a compiled
+    step; peak bytes allocated during one eager call above what was allocated before)."""
     fn()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     fn()
     peak = torch.cuda.max_memory_allocated() - base
-    return median_cuda_time(fn, repeat=5), peak
+    return median_cuda_time(graphed(fn), repeat=5), peak
 
 
 def prefill_rows(lengths: list[int], head_dim: int, heads: int = 32, naive_max: int = 8192) -> list[dict]:

@@ -26,7 +26,7 @@ from ..params import fuse, init_params, nbytes
 from ..quant import dequantize, quantize
 from ..quant.formats import quantize_weight
 from .ceilings import measure, median_cuda_time, write_results
-from .decode import compiled_decode, log
+from .decode import compiled_decode, log, profile_step
 from .verify import graphed
 
 L2_DEFEAT_BYTES = 512 << 20
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kernel-rows", default="1,8,32,512", help="row counts M for the kernel table")
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--parts", default="kernels,quality,decode")
+    ap.add_argument("--profile", action="store_true", help="add the top kernels of each scheme's batch-1 step")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -177,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             for batch in map(int, args.batch_sizes.split(",")):
                 try:
                     r = compiled_decode(p, cfg, batch, 5, args.new_tokens, "sdpa", results["ceilings"])
+                    if args.profile and batch == 1:                    # reuses the graphs just compiled
+                        r["profile"] = profile_step(p, cfg, "sdpa")
                 except Exception as e:                                   # keep the run going: one row says what failed
                     r = {"batch": batch, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
                 r.update(weights=s, weight_GB=round(nbytes(p) / 1e9, 3))

@@ -33,26 +33,27 @@ def inputs(seed: int, m: int, n: int, k: int, dtype: torch.dtype):
 
 
 def paths():
-    """(use_dot, rows): the gemv path is for decode's few rows (one program per row: slow in the interpreter)."""
-    return st.booleans().flatmap(lambda dot: st.tuples(st.just(dot), st.integers(1, 20 if dot else 3)))
+    """(use_dot, prefetch, rows): the gemv path is for decode's few rows (one program per row: slow in the
+    interpreter), with the plain or the prefetching loop."""
+    return st.booleans().flatmap(lambda dot: st.tuples(st.just(dot), st.booleans(), st.integers(1, 20 if dot else 3)))
 
 
 @given(seeds(), paths(), st.integers(1, 40), st.integers(1, 300), st.sampled_from(DTYPES))
 def test_int8_kernel(seed, path, n, k, dtype):
-    use_dot, m = path
+    use_dot, prefetch, m = path
     x, w = inputs(seed, m, n, k, dtype)
     q = quantize_int8(w)
-    check(quant_matmul.int8_matmul_launch(x, q.q, q.scale, use_dot=use_dot), x, q)
+    check(quant_matmul.int8_matmul_launch(x, q.q, q.scale, use_dot=use_dot, prefetch=prefetch), x, q)
 
 
 @given(seeds(), paths(), st.integers(1, 40), st.integers(1, 160).map(lambda h: 2 * h),
        st.sampled_from(GROUP_SIZES), st.sampled_from(DTYPES))
 def test_int4_kernel(seed, path, n, k, group, dtype):
     """Lengths off the tile sizes, partial last groups, a single group (group >= K), 1-row and many-row x."""
-    use_dot, m = path
+    use_dot, prefetch, m = path
     x, w = inputs(seed, m, n, k, dtype)
     q = quantize_int4(w, group)
-    check(quant_matmul.int4_matmul_launch(x, q.q, q.scale, q.zero, q.group_size, use_dot=use_dot), x, q)
+    check(quant_matmul.int4_matmul_launch(x, q.q, q.scale, q.zero, q.group_size, use_dot=use_dot, prefetch=prefetch), x, q)
 
 
 def test_launch_group_covers_a_single_group():

@@ -65,14 +65,14 @@ def prefill_rows(lengths: list[int], head_dim: int, heads: int = 32, naive_max: 
         reference = get("attention", "sdpa")(q, k, v, None)
         for name, fn in paths.items():
             try:
-                err = (fn().float() - reference.float()).abs().max().item()
+                err = max_abs_diff(fn(), reference)
                 t, peak = timed(fn)
             except RuntimeError as e:                                            # a backend that does not apply
                 rows.append({"T": T, "head_dim": head_dim, "path": name, "error": str(e).splitlines()[0][:200]})
                 continue
             rows.append({"T": T, "head_dim": head_dim, "path": name, "ms": round(t * 1e3, 3),
                          "TFLOPs": round(flops / t / 1e12, 1), "peak_extra_MB": round(peak / 2**20, 1),
-                         "max_abs_diff_vs_sdpa": round(err, 4)})
+                         "max_abs_diff_vs_sdpa": err})
             log(rows[-1])
     return rows
 
@@ -80,6 +80,10 @@ def prefill_rows(lengths: list[int], head_dim: int, heads: int = 32, naive_max: 
 def _sdpa(q, k, v, backend):
     with sdpa_kernel(backend):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def max_abs_diff(out: torch.Tensor, expected: torch.Tensor) -> float:
+    return round((out.float() - expected.float()).abs().max().item(), 4)
 
 
 def decode_rows(contexts: list[int], head_configs: list[tuple[int, int]], copy_GBps: float) -> list[dict]:
@@ -90,13 +94,16 @@ def decode_rows(contexts: list[int], head_configs: list[tuple[int, int]], copy_G
             k, v = (torch.randn(1, Hkv, S, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
             pos = torch.full((1, 1), S - 1, device="cuda")
             kv_bytes = 2 * Hkv * S * 128 * 2
+            reference = get("attention", "grouped")(q.float(), k.float(), v.float(), pos)
             for name in ("triton", "sdpa"):
                 attend = get("attention", name)
+                err = max_abs_diff(attend(q, k, v, pos), reference)
                 replay = graphed(lambda: attend(q, k, v, pos))                   # launch cost out, as in a decode step
                 t = median_cuda_time(replay, repeat=20)
                 gbps = kv_bytes / t / 1e9
                 rows.append({"heads": H, "kv_heads": Hkv, "context": S, "path": f"{name} decode", "us": round(t * 1e6, 1),
-                             "KV_GBps": round(gbps, 1), "copy_fraction": round(gbps / copy_GBps, 3)})
+                             "KV_GBps": round(gbps, 1), "copy_fraction": round(gbps / copy_GBps, 3),
+                             "max_abs_diff_vs_fp32": err})
                 log(rows[-1])
     return rows
 
@@ -123,13 +130,16 @@ def fused_rows(rows: list[int], cfg, copy_GBps: float) -> list[dict]:
                                6 * M * cfg_dim * 2 + 2 * cos.numel() * 4)      # q, k, v in; q, k, v out; the angles
         for op, (call, n_bytes) in cases.items():
             reference = get(op, "reference")
+            expected = call(reference)[0].clone() if op != "swiglu" else call(reference)   # rope_write: q rotated
             for path, fn in (("triton", get(op, "triton")), ("inductor (compiled reference)", torch.compile(reference)),
                              ("eager reference", reference)):
+                result = call(fn)
+                err = max_abs_diff(result if op == "swiglu" else result[0], expected)
                 replay = graphed(lambda fn=fn: call(fn))
                 t = median_cuda_time(replay, repeat=20)
                 gbps = n_bytes / t / 1e9
                 out.append({"op": op, "rows": M, "path": path, "us": round(t * 1e6, 2), "GBps": round(gbps, 1),
-                            "copy_fraction": round(gbps / copy_GBps, 3)})
+                            "copy_fraction": round(gbps / copy_GBps, 3), "max_abs_diff_vs_eager": err})
                 log(out[-1])
     return out
 

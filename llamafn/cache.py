@@ -14,6 +14,11 @@ Rows are independent: row b's next token goes to position `lengths[b]`, so ragge
 padding mask beyond causality (a query at position p sees keys at positions <= p; whatever a padded
 prefill wrote past a row's length is overwritten before any query can see it).
 
+An int8 cache (`init_cache(..., dtype=torch.int8)`) stores each written key and value vector as int8
+with one fp32 scale per (row, KV head, position), symmetric absmax / 127 (the per-token, per-head
+scheme of KIVI and vLLM's fp8/int8 caches, without the outlier handling): half the bytes of a bf16
+cache for long contexts and big batches. Attention reads it dequantised (`read`); |x - read| <= scale / 2.
+
 Donation (as JAX's `donate_argnums`): `forward` writes the new keys and values into the passed
 cache's tensors in place and returns a cache holding them with the new lengths. The caller must use
 the returned cache and treat the one passed in as consumed.
@@ -33,6 +38,8 @@ class KVCache(NamedTuple):
     k: tuple[torch.Tensor, ...]  # n_layers x (B, n_kv_heads, max_seq, head_dim)
     v: tuple[torch.Tensor, ...]  # n_layers x (B, n_kv_heads, max_seq, head_dim)
     lengths: torch.Tensor        # (B,) int64: valid positions per row
+    k_scale: tuple[torch.Tensor, ...] = ()   # int8 caches: n_layers x (B, n_kv_heads, max_seq) fp32
+    v_scale: tuple[torch.Tensor, ...] = ()
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_seq_len: int | None = None, *,
@@ -45,12 +52,31 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_seq_len: int | None = None
     max_seq_len = cfg.max_seq_len if max_seq_len is None else max_seq_len
     if batch_size < 1 or max_seq_len < 1:
         raise InputError(f"init_cache: batch_size ({batch_size}) and max_seq_len ({max_seq_len}) must be >= 1")
+    if not (dtype.is_floating_point or dtype == torch.int8):
+        raise InputError(f"init_cache: the cache holds a float dtype or int8 (quantised), not {dtype}")
     shape = (batch_size, cfg.n_kv_heads, max_seq_len, cfg.head_dim)
-    return KVCache(
-        k=tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)),
-        v=tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)),
-        lengths=torch.zeros(batch_size, dtype=torch.long, device=device),
-    )
+
+    def zeros(shape, dtype):
+        return tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers))
+
+    scales = (zeros(shape[:3], torch.float32), zeros(shape[:3], torch.float32)) if dtype == torch.int8 else ((), ())
+    return KVCache(k=zeros(shape, dtype), v=zeros(shape, dtype),
+                   lengths=torch.zeros(batch_size, dtype=torch.long, device=device), k_scale=scales[0], v_scale=scales[1])
+
+
+def quantized(cache: KVCache) -> bool:
+    """Whether the cache stores int8 with scales."""
+    return len(cache.k_scale) > 0
+
+
+def tensors(cache: KVCache) -> list[torch.Tensor]:
+    """Every storage tensor of the cache (what a CUDA graph must treat as static)."""
+    return [*cache.k, *cache.v, *cache.k_scale, *cache.v_scale]
+
+
+def with_lengths(cache: KVCache, lengths: torch.Tensor) -> KVCache:
+    """The same storage with new lengths (B,)."""
+    return KVCache(k=cache.k, v=cache.v, lengths=lengths, k_scale=cache.k_scale, v_scale=cache.v_scale)
 
 
 def batch_size(cache: KVCache) -> int:
@@ -70,18 +96,40 @@ def positions(cache: KVCache | None, batch_size: int, n_tokens: int, device: tor
     return cache.lengths[:, None] + offsets
 
 
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (..., D) float -> (int8 (..., D), scale (...) fp32): symmetric per vector, |x - q * scale| <= scale / 2."""
+    x = x.float()
+    scale = x.abs().amax(dim=-1) / 127                                     # (...)
+    q = torch.round(x / torch.where(scale == 0, 1.0, scale)[..., None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
 def write(cache: KVCache, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> KVCache:
-    """Write k, v (B, Hkv, T, D) of `layer` at positions pos (B, T), in place. Lengths are unchanged."""
+    """Write k, v (B, Hkv, T, D) of `layer` at positions pos (B, T), in place (quantised in an int8
+    cache). Lengths are unchanged."""
     rows = torch.arange(pos.shape[0], device=pos.device)[:, None]          # (B, 1)
+    k, v = k.transpose(1, 2), v.transpose(1, 2)                            # (B, T, Hkv, D) at [b, :, pos[b, t]]
+    if quantized(cache):
+        (k, k_scale), (v, v_scale) = quantize_rows(k), quantize_rows(v)
+        cache.k_scale[layer][rows, :, pos] = k_scale                       # (B, T, Hkv)
+        cache.v_scale[layer][rows, :, pos] = v_scale
     k_layer, v_layer = cache.k[layer], cache.v[layer]
-    k_layer[rows, :, pos] = k.transpose(1, 2).to(k_layer.dtype)            # (B, T, Hkv, D) at [b, :, pos[b, t]]
-    v_layer[rows, :, pos] = v.transpose(1, 2).to(v_layer.dtype)
+    k_layer[rows, :, pos] = k.to(k_layer.dtype)
+    v_layer[rows, :, pos] = v.to(v_layer.dtype)
     return cache
+
+
+def read(cache: KVCache, layer: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values of `layer`, (B, Hkv, max_seq, D) each, in `dtype` (dequantised from int8)."""
+    if not quantized(cache):
+        return cache.k[layer].to(dtype), cache.v[layer].to(dtype)
+    return tuple((q.float() * scale[..., None]).to(dtype)
+                 for q, scale in ((cache.k[layer], cache.k_scale[layer]), (cache.v[layer], cache.v_scale[layer])))
 
 
 def advance(cache: KVCache, n_tokens: int) -> KVCache:
     """Every row's length grows by `n_tokens` (what a forward over T tokens does)."""
-    return KVCache(k=cache.k, v=cache.v, lengths=cache.lengths + n_tokens)
+    return with_lengths(cache, cache.lengths + n_tokens)
 
 
 def truncate(cache: KVCache, lengths: torch.Tensor | int) -> KVCache:
@@ -89,7 +137,7 @@ def truncate(cache: KVCache, lengths: torch.Tensor | int) -> KVCache:
     tokens, or drop the padding a ragged prefill wrote. Stored values past the length are left as they
     are; causality keeps them unseen until they are overwritten."""
     new = torch.as_tensor(lengths, dtype=cache.lengths.dtype, device=cache.lengths.device)
-    return KVCache(k=cache.k, v=cache.v, lengths=new.expand_as(cache.lengths).clone())
+    return with_lengths(cache, new.expand_as(cache.lengths).clone())
 
 
 def reset(cache: KVCache) -> KVCache:
@@ -99,5 +147,8 @@ def reset(cache: KVCache) -> KVCache:
 
 def reorder(cache: KVCache, index: torch.Tensor) -> KVCache:
     """Rows gathered by `index` (B',) (beam search keeps the surviving beams' histories); new tensors."""
-    return KVCache(k=tuple(t.index_select(0, index) for t in cache.k), v=tuple(t.index_select(0, index) for t in cache.v),
-                   lengths=cache.lengths.index_select(0, index))
+    def gather(ts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(t.index_select(0, index) for t in ts)
+
+    return KVCache(k=gather(cache.k), v=gather(cache.v), lengths=cache.lengths.index_select(0, index),
+                   k_scale=gather(cache.k_scale), v_scale=gather(cache.v_scale))

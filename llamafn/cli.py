@@ -80,6 +80,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     max_new = args.max_new_tokens if args.max_new_tokens is not None else min(256, room)
     check_prompts([prompt], cfg, max_new)
     generator = torch.Generator(device).manual_seed(args.seed) if args.seed is not None else None
+    kv_dtype = torch.int8 if args.kv_cache == "int8" else None
     draft = None
     if args.speculative == "draft":
         draft_path = resolve_model(args.draft_model or "draft")
@@ -102,7 +103,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise InputError("--beams runs alone: not with --json-schema, --regex, --speculative or --compile")
         best = generate(params, cfg, [prompt], max_new, num_beams=args.beams, num_beam_groups=args.diverse_groups,
                         diversity_penalty=args.diversity_penalty, stop_tokens=tok.stop_tokens, attention=args.attention,
-                        force_phrases=[tok.encode(text, bos=False) for text in args.force])
+                        force_phrases=[tok.encode(text, bos=False) for text in args.force], kv_dtype=kv_dtype)
         print(args.prompt + tok.decode(prompt + best[0])[len(tok.decode(prompt)):])
         return 0
     decoder = tok.stream_decoder(prompt)
@@ -116,7 +117,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     generate(params, cfg, [prompt], max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
              min_p=args.min_p, repetition_penalty=args.repetition_penalty, stop_tokens=tok.stop_tokens,
              generator=generator, on_token=on_token, attention=args.attention, sync_every=1, compile=args.compile,
-             speculative=args.speculative, draft=draft, k=args.k, adaptive_k=args.adaptive_k, constraints=constraints)
+             speculative=args.speculative, draft=draft, k=args.k, adaptive_k=args.adaptive_k, constraints=constraints,
+             kv_dtype=kv_dtype)
     sys.stdout.write(decoder.flush() + "\n")
     return 0
 
@@ -190,6 +192,8 @@ def parser() -> argparse.ArgumentParser:
                    "(weight-only; int8 per channel, int4 in groups)")
     g.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 or 256 (default 128)")
     g.add_argument("--attention", default="sdpa", choices=backends("attention"), help="attention backend")
+    g.add_argument("--kv-cache", choices=("int8",), help="store the KV cache as int8 with a scale per token and "
+                   "head (half the bytes of bf16; default: the weights' dtype)")
     g.add_argument("--compile", action="store_true", help="compiled prefill and CUDA-graph decode step "
                    "(pays a one-off compile; worth it on a GPU for long generations)")
     g.add_argument("--speculative", choices=("draft", "lookup"),

@@ -1,7 +1,12 @@
+import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
-from llamafn.cache import batch_size, capacity, init_cache, reorder, reset, truncate, write
+from llamafn.cache import batch_size, capacity, init_cache, quantized, read, reorder, reset, tensors, truncate, write
 from llamafn.config import ModelConfig
+from llamafn.errors import InputError
+from tests.strategies import seeds
 
 CFG = ModelConfig(dim=16, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=10, hidden_dim=8, max_seq_len=12)
 
@@ -32,3 +37,39 @@ def test_truncate_reset_and_reorder_are_pure_on_lengths():
     r = reorder(c, torch.tensor([2, 2, 0]))
     assert r.lengths.tolist() == [7, 7, 5]
     assert all(t[:2].eq(1).all() and not t[2].any() for t in r.k)
+
+
+@given(seeds(), st.integers(1, 3), st.integers(1, 6), st.floats(1e-3, 1e3))
+def test_an_int8_cache_reads_back_within_half_a_scale(seed, B, T, magnitude):
+    """Each written vector gets scale = absmax / 127 and reads back within scale / 2 of what was
+    written (fp32 rounding aside); other layers and positions stay zero."""
+    g = torch.Generator().manual_seed(seed)
+    c = init_cache(CFG, B, 8, dtype=torch.int8)
+    k, v = (torch.randn(B, 1, T, 8, generator=g) * magnitude for _ in range(2))
+    pos = torch.stack([torch.randperm(8, generator=g)[:T] for _ in range(B)])   # (B, T) distinct slots
+    c = write(c, 1, k, v, pos)
+    assert quantized(c) and c.k[1].dtype == torch.int8 and c.lengths.tolist() == [0] * B
+    rk, rv = read(c, 1, torch.float32)
+    rows = torch.arange(B)[:, None]
+    for x, back, scale in ((k, rk, c.k_scale[1]), (v, rv, c.v_scale[1])):
+        x = x.transpose(1, 2)                                                     # (B, T, Hkv, D)
+        s = scale[rows, :, pos]                                                   # (B, T, Hkv)
+        torch.testing.assert_close(s, x.abs().amax(-1) / 127)
+        assert ((back[rows, :, pos] - x).abs() <= s[..., None] / 2 * (1 + 1e-5) + 1e-30).all()
+    written = torch.zeros(B, 8, dtype=torch.bool)
+    written[rows, pos] = True
+    assert not rk[~written[:, None, :].expand(B, 1, 8)].any() and not any(t.any() for t in read(c, 0, torch.float32))
+
+
+def test_int8_cache_storage_moves_with_its_scales():
+    c = init_cache(CFG, 3, 4, dtype=torch.int8)
+    c = write(c, 0, torch.arange(3.0)[:, None, None, None] + torch.ones(3, 1, 1, 8), torch.ones(3, 1, 1, 8),
+              torch.zeros(3, 1, dtype=torch.long))
+    r = reorder(truncate(c, 1), torch.tensor([2, 0]))
+    assert quantized(r) and len(tensors(r)) == 4 * CFG.n_layers and r.lengths.tolist() == [1, 1]
+    torch.testing.assert_close(read(r, 0, torch.float32)[0][:, 0, 0, 0], torch.tensor([3.0, 1.0]))
+
+
+def test_init_cache_refuses_integer_dtypes_other_than_int8():
+    with pytest.raises(InputError, match="int8"):
+        init_cache(CFG, 1, 4, dtype=torch.int32)

@@ -17,6 +17,16 @@ def test_generate_reproduces_the_stories260k_golden_text(capsys, stories260k_gol
     assert capsys.readouterr().out == text + "\n"
 
 
+def test_generate_with_an_int8_kv_cache(capsys, stories260k_golden):
+    """The int8 cache keeps the golden greedy text for its first 100 tokens (measured: 118)."""
+    model = shared_file("stories260K", "stories260K.bin")
+    ids, _ = stories260k_golden
+    expected = lf.Tokenizer(shared_file("stories260K", "tok512.model")).decode(ids[1:101])
+    assert main(["generate", "--model", str(model), "--temperature", "0", "--max-new-tokens", "100",
+                 "--kv-cache", "int8", ""]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+
+
 def test_generate_with_a_prompt_and_a_seed_is_repeatable(capsys):
     model = shared_file("stories260K", "stories260K.bin")
     args = ["generate", "--model", str(model), "--seed", "3", "--max-new-tokens", "30", "--top-k", "40",

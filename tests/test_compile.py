@@ -36,9 +36,11 @@ def test_compiled_sampling_equals_eager_sampling_on_a_random_gqa_model():
     prompts = [[1, 2, 3, 4, 5], [7, 8]]
     kwargs = dict(max_new_tokens=20, temperature=[0.8, 1.2], top_k=20, top_p=0.9, min_p=0.02,
                   repetition_penalty=1.1)
-    eager = lf.generate(params, cfg, prompts, generator=torch.Generator().manual_seed(5), **kwargs)
-    fast = lf.generate(params, cfg, prompts, generator=torch.Generator().manual_seed(5), compile=True, **kwargs)
-    assert fast == eager
+    for kv_dtype in (None, torch.int8):                                       # a float and an int8 KV cache
+        eager = lf.generate(params, cfg, prompts, generator=torch.Generator().manual_seed(5), kv_dtype=kv_dtype, **kwargs)
+        fast = lf.generate(params, cfg, prompts, generator=torch.Generator().manual_seed(5), compile=True,
+                           kv_dtype=kv_dtype, **kwargs)
+        assert fast == eager
 
 
 def test_compiled_speculative_step_equals_eager():

@@ -64,7 +64,7 @@ def compiled_decode(params: Params, cfg: ModelConfig, batch: int, prompt_len: in
     lengths = torch.full((batch,), prompt_len, device=device)
     cache_len = round_up(max(T, prompt_len + new_tokens), 256)
     cache = kv.init_cache(cfg, batch, cache_len, dtype=torch.bfloat16, device=device)
-    mark_static([*tensors(params), *cache.k, *cache.v])
+    mark_static([*tensors(params), *kv.tensors(cache)])
     sp = sampling_params(batch, device=device)
     ones = torch.ones(batch, cfg.vocab_size, device=device)
     stops = torch.empty(0, dtype=torch.long, device=device)
@@ -169,7 +169,7 @@ def profile_step(params: Params, cfg: ModelConfig, attention: str) -> list[dict]
     """Top kernels of 20 compiled decode steps (batch 1): where a step's time goes."""
     device = params["norm.weight"].device
     cache = kv.init_cache(cfg, 1, 256, dtype=torch.bfloat16, device=device)
-    mark_static([*cache.k, *cache.v])
+    mark_static(kv.tensors(cache))
     sp, ones = sampling_params(1, device=device), torch.ones(1, cfg.vocab_size, device=device)
     stops = torch.empty(0, dtype=torch.long, device=device)
     prefill, step = compiled(sample.prefill), compiled(sample.step, mode="reduce-overhead")

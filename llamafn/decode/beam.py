@@ -135,7 +135,8 @@ def hamming_penalty(groups: list[BeamState], t: int, strength: float, vocab_size
 def beam_search(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128, *,
                 num_beams: int = 4, length_penalty: float = 1.0, early_stopping: bool | str = False,
                 num_return_sequences: int = 1, stop_tokens: Sequence[int] = (), num_beam_groups: int = 1,
-                diversity_penalty: float = 0.0, attention: str = "sdpa") -> list[list[tuple[list[int], float]]]:
+                diversity_penalty: float = 0.0, attention: str = "sdpa",
+                kv_dtype: torch.dtype | None = None) -> list[list[tuple[list[int], float]]]:
     """The beam search driver over ragged prompts (Hugging Face's semantics, see the module doc): for each prompt
     the best `num_return_sequences` hypotheses, best first, as (new tokens without the stop token,
     score = sum of log-probabilities / length ** length_penalty). `num_beam_groups` > 1 is diverse beam
@@ -153,7 +154,7 @@ def beam_search(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int
     device, B = emb.device, len(prompts)
     tokens, lengths = pad_right(prompts, max(len(p) for p in prompts), device)
     stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
-    cache = init_cache(cfg, B, tokens.shape[1] + max_new_tokens, dtype=emb.dtype, device=device)
+    cache = init_cache(cfg, B, tokens.shape[1] + max_new_tokens, dtype=kv_dtype or emb.dtype, device=device)
     first = init(params, tokens, lengths, cache, num_beams // num_beam_groups,
                       max_new_tokens, cfg=cfg, attention=attention)
     groups = [first] + [fork(first) for _ in range(num_beam_groups - 1)]

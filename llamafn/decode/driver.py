@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from .. import cache as kv
 from ..cache import init_cache
 from ..compile import bucket, compiled, mark_static, round_up
 from ..config import ModelConfig
@@ -29,7 +30,7 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
            attention: str = "sdpa", sync_every: int = 8, compile: bool = False,
            cache_len: int | None = None, speculative: str | None = None,
            draft: tuple[Params, ModelConfig] | None = None, k: int = 4, adaptive_k: bool = False,
-           constraints: Sequence[Constraint] = ()) -> Iterator[list[list[int]]]:
+           constraints: Sequence[Constraint] = (), kv_dtype: torch.dtype | None = None) -> Iterator[list[list[int]]]:
     """Yield, every `sync_every` steps, the new tokens of each row (a list per row, possibly empty).
 
     Sampling settings are scalars or one value per row (see llamafn.sampling). A row stops after its
@@ -46,6 +47,9 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
 
     `constraints` (llamafn.decode.constrained: TokenSets, Grammar) mask each step's logits to the tokens
     they allow; they need the chosen tokens back, so such a run syncs every step and is not compiled.
+
+    `kv_dtype` is the KV cache's dtype (default: the weights'); torch.int8 stores it quantised with a
+    scale per token and head (llamafn.cache), half the bytes of bf16.
     """
     sample.check_prompts(prompts, cfg, max_new_tokens)
     if sync_every < 1:
@@ -64,7 +68,7 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
             c.begin(prompts)
     if speculative is not None:
         yield from spec.run(params, cfg, prompts, max_new_tokens, sp, stops, generator, attention,
-                            speculative, draft, k, compile=compile, adaptive_k=adaptive_k)
+                            speculative, draft, k, compile=compile, adaptive_k=adaptive_k, kv_dtype=kv_dtype)
         return
     lengths = [len(p) for p in prompts]
     T = bucket(max(lengths)) if compile else max(lengths)
@@ -73,11 +77,11 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
     if cache_len < needed:
         raise InputError(f"cache_len {cache_len} is too short for {needed} positions (prompt + max_new_tokens)")
     tokens, prompt_lengths = sample.pad_right(prompts, T, device)
-    cache = init_cache(cfg, B, cache_len, dtype=emb.dtype, device=device)
+    cache = init_cache(cfg, B, cache_len, dtype=kv_dtype or emb.dtype, device=device)
     ones = torch.ones(B, cfg.vocab_size, device=device)
     prefill, step = sample.prefill, sample.step
     if compile:
-        mark_static([*tensors(params), *cache.k, *cache.v])
+        mark_static([*tensors(params), *kv.tensors(cache)])
         prefill, step = compiled(sample.prefill), compiled(sample.step, mode="reduce-overhead")
 
     def noise() -> torch.Tensor:
@@ -136,7 +140,7 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
              k: int = 4, adaptive_k: bool = False, num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
              num_return_sequences: int = 1, num_beam_groups: int = 1,
              diversity_penalty: float = 0.0, constraints: Sequence[Constraint] = (),
-             force_phrases: Sequence[Sequence[int]] = ()) -> list[list[int]]:
+             force_phrases: Sequence[Sequence[int]] = (), kv_dtype: torch.dtype | None = None) -> list[list[int]]:
     """Generate up to `max_new_tokens` for each prompt (token-id lists, ragged); return the new tokens
     of each row, without the stop token. Greedy at temperature 0 (the default). `on_token(row, id)` is
     called for every token as it reaches the host. See `stream` for the arguments. With `num_beams` > 1
@@ -152,13 +156,13 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
         if force_phrases:
             beams = forced.forced_beam_search(params, cfg, prompts, max_new_tokens, force_phrases, num_beams=num_beams,
                                               length_penalty=length_penalty, num_return_sequences=num_return_sequences,
-                                              stop_tokens=stop_tokens, attention=attention)
+                                              stop_tokens=stop_tokens, attention=attention, kv_dtype=kv_dtype)
         else:
             beams = beam.beam_search(params, cfg, prompts, max_new_tokens, num_beams=num_beams,
                                      length_penalty=length_penalty, early_stopping=early_stopping,
                                      num_return_sequences=num_return_sequences, stop_tokens=stop_tokens,
                                      num_beam_groups=num_beam_groups, diversity_penalty=diversity_penalty,
-                                     attention=attention)
+                                     attention=attention, kv_dtype=kv_dtype)
         out = [tokens for row in beams for tokens, _ in row]
         if on_token is not None:
             for row, tokens in enumerate(out):
@@ -170,7 +174,7 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
                         min_p=min_p, repetition_penalty=repetition_penalty, stop_tokens=stop_tokens,
                         generator=generator, attention=attention, sync_every=sync_every, compile=compile,
                         cache_len=cache_len, speculative=speculative, draft=draft, k=k, adaptive_k=adaptive_k,
-                        constraints=constraints):
+                        constraints=constraints, kv_dtype=kv_dtype):
         for row, toks in enumerate(chunk):
             results[row].extend(toks)
             if on_token is not None:

@@ -48,7 +48,7 @@ def _advance(phrases: list[list[int]], progress: tuple[int, ...], token: int) ->
 def forced_beam_search(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                        phrases: Sequence[Sequence[int]], *, num_beams: int = 4, length_penalty: float = 1.0,
                        num_return_sequences: int = 1, stop_tokens: Sequence[int] = (),
-                       attention: str = "sdpa") -> list[list[tuple[list[int], float]]]:
+                       attention: str = "sdpa", kv_dtype: torch.dtype | None = None) -> list[list[tuple[list[int], float]]]:
     """Beam search whose every returned hypothesis contains each of `phrases` (token-id lists); per
     prompt up to `num_return_sequences` best hypotheses as (new tokens without the stop token, score).
     It runs the full `max_new_tokens` steps (no early stop) and raises InputError if no hypothesis
@@ -67,7 +67,7 @@ def forced_beam_search(params: Params, cfg: ModelConfig, prompts: Sequence[Seque
     device, B, nb, V = emb.device, len(prompts), num_beams, cfg.vocab_size
     stops, goal = set(stop_tokens), tuple(len(p) for p in phrases)
     tokens, lengths = pad_right(prompts, max(len(p) for p in prompts), device)
-    cache = init_cache(cfg, B, tokens.shape[1] + max_new_tokens, dtype=emb.dtype, device=device)
+    cache = init_cache(cfg, B, tokens.shape[1] + max_new_tokens, dtype=kv_dtype or emb.dtype, device=device)
     state = init(params, tokens, lengths, cache, nb, max_new_tokens, cfg=cfg, attention=attention)
     cache, logits = state.cache, state.logits
     # host-side hypotheses per row: (score, tokens, progress); dead slots have score -inf

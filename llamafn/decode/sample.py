@@ -109,5 +109,5 @@ def own(state: SampleState) -> SampleState:
     """Copies of the per-step tensors of a state a CUDA-graph step returned (its outputs live in the
     graph's memory pool and are overwritten by the next replay); the cache storage is static and kept."""
     c = state.cache
-    return SampleState(cache=KVCache(k=c.k, v=c.v, lengths=c.lengths.clone()), last=state.last.clone(),
+    return SampleState(cache=kv.with_lengths(c, c.lengths.clone()), last=state.last.clone(),
                        seen=state.seen.clone(), finished=state.finished.clone())

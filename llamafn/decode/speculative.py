@@ -156,7 +156,7 @@ def step(params: Params, state: SpecState, sp: SamplingParams, noise: SpecNoise,
 def own(state: SpecState) -> SpecState:
     """Copies of the per-step tensors a CUDA-graph step returned (see llamafn.decode.sample.own)."""
     def keep(c: KVCache | None) -> KVCache | None:
-        return None if c is None else KVCache(k=c.k, v=c.v, lengths=c.lengths.clone())
+        return None if c is None else kv.with_lengths(c, c.lengths.clone())
     return SpecState(cache=keep(state.cache), draft_cache=keep(state.draft_cache), last=state.last.clone(),
                      history=state.history.clone(), history_len=state.history_len.clone())
 
@@ -179,7 +179,7 @@ def cut_row(tokens: list[int], row: int, done: list[bool], emitted: list[int], s
 def run(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
         sp: SamplingParams, stops: torch.Tensor, generator: torch.Generator | None, attention: str,
         mode: str, draft: tuple[Params, ModelConfig] | None, k: int, compile: bool = False,
-        adaptive_k: bool = False) -> Iterator[list[list[int]]]:
+        adaptive_k: bool = False, kv_dtype: torch.dtype | None = None) -> Iterator[list[list[int]]]:
     """The driver loop of speculative decoding (llamafn.decode.stream with `speculative=`): prefill, then
     one step and one host sync a step, streaming each row's accepted tokens. `compile` runs the step as
     a CUDA graph (llamafn.compile) over static weights and caches. `adaptive_k` varies the proposals a
@@ -208,13 +208,14 @@ def run(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_
     def exp_noise(*shape: int) -> torch.Tensor:
         return torch.ones(*shape, device=device) if all_greedy else draw_noise(shape, generator, device)
 
-    cache = init_cache(cfg, B, room, dtype=params["tok_embeddings.weight"].dtype, device=device)
+    cache = init_cache(cfg, B, room, dtype=kv_dtype or params["tok_embeddings.weight"].dtype, device=device)
     first, state = sample.prefill(params, tokens, lengths, cache, sp, exp_noise(B, V), stops, cfg=cfg,
                                   attention=attention, all_greedy=all_greedy)
     draft_params, draft_cfg, draft_cache = None, None, None
     if mode == "draft":
         draft_params, draft_cfg = draft
-        draft_cache = init_cache(draft_cfg, B, room, dtype=draft_params["tok_embeddings.weight"].dtype, device=device)
+        draft_cache = init_cache(draft_cfg, B, room, dtype=kv_dtype or draft_params["tok_embeddings.weight"].dtype,
+                                 device=device)
         _, draft_cache = sample.prefill_logits(draft_params, tokens, lengths, draft_cache, cfg=draft_cfg,
                                                attention=attention)
     history = torch.cat([tokens, torch.zeros(B, room - T, dtype=torch.long, device=device)], 1)
@@ -224,7 +225,7 @@ def run(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_
     step_fn = step
     if compile:
         caches = [state.cache] + ([draft_cache] if draft_cache is not None else [])
-        mark_static([*tensors(params), *tensors(draft_params or {}), *(t for c in caches for t in c.k + c.v)])
+        mark_static([*tensors(params), *tensors(draft_params or {}), *(t for c in caches for t in kv.tensors(c))])
         step_fn = compiled(step, mode="reduce-overhead")
     stop_set, done, emitted, k_now = set(stops.tolist()), [False] * B, [0] * B, k
     yield [cut_row([t], row, done, emitted, stop_set, max_new_tokens) for row, t in enumerate(first.tolist())]

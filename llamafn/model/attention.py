@@ -110,6 +110,6 @@ def attention(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None
         out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None)
     else:
         q, cache = get_or_reference("rope_write", backend)(q, k, v, cos, sin, cache, layer, pos)   # q (B, H, T, D)
-        out = attend(q, cache.k[layer].to(q.dtype), cache.v[layer].to(q.dtype), pos)
+        out = attend(q, *kv.read(cache, layer, q.dtype), pos)
     out = out.transpose(1, 2).reshape(B, T, H * D)                        # (B, T, H*D)
     return linear(out, p["wo.weight"]), cache

@@ -124,3 +124,19 @@ def test_compiled_decode_with_the_triton_kernel_set_equals_eager():
     torch.testing.assert_close(outs[1], outs[0], atol=5e-2, rtol=5e-2)
     reference, _ = lf.forward(params, tokens, cfg=cfg, attention="sdpa")
     torch.testing.assert_close(outs[0], reference, atol=1e-1, rtol=1e-1)
+
+
+def test_the_triton_kernel_set_on_an_int8_cache():
+    """Prefill and one decode step over an int8 KV cache: the triton set equals the sdpa backend."""
+    cfg = lf.ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=32, hidden_dim=48, max_seq_len=32)
+    params = lf.init_params(cfg, generator=torch.Generator().manual_seed(0))
+    params = {name: t.to(DEVICE) for name, t in params.items()}
+    tokens = torch.randint(0, 32, (2, 5), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    outs = []
+    for backend in ("sdpa", "triton"):
+        cache = lf.init_cache(cfg, 2, 8, dtype=torch.int8, device=DEVICE)
+        prefill, cache = lf.forward(params, tokens, cache, cfg=cfg, attention=backend)
+        step, _ = lf.forward(params, tokens[:, -1:], cache, cfg=cfg, attention=backend)
+        outs.append((prefill, step))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -69,3 +69,19 @@ def test_rope_write_rotates_q_and_writes_the_cache(seed, b, t, hkv, group, d, dt
     torch.testing.assert_close(q_out, q_ref, atol=TOL[dtype], rtol=TOL[dtype])
     torch.testing.assert_close(out.k[0], ref.k[0], atol=TOL[dtype], rtol=TOL[dtype])
     torch.testing.assert_close(out.v[0], ref.v[0], atol=0, rtol=0)
+
+
+def test_rope_write_into_an_int8_cache_is_the_reference_write():
+    """The kernel writes float caches; an int8 cache is quantised by the reference path, so the triton
+    kernel set gives the same cache and q with either."""
+    import llamafn as lf
+    from llamafn.model.rope import rope_angles
+
+    cfg = lf.ModelConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=8, hidden_dim=8, max_seq_len=32)
+    q, k, v = (randn(seed, 2, 3, heads, 8, dtype=torch.float32) for seed, heads in ((0, 4), (1, 2), (2, 2)))
+    pos = torch.tensor([[0, 1, 2], [4, 5, 6]], device=DEVICE)
+    cos, sin = rope_angles(pos, cfg)
+    caches = [lf.init_cache(cfg, 2, 8, dtype=torch.int8, device=DEVICE) for _ in range(2)]
+    q_ref, ref = get("rope_write", "reference")(q, k, v, cos, sin, caches[0], 0, pos)
+    q_out, out = get("rope_write", "triton")(q, k, v, cos, sin, caches[1], 0, pos)
+    assert torch.equal(q_out, q_ref) and all(torch.equal(a, b) for a, b in zip(lf.cache.tensors(out), lf.cache.tensors(ref)))

@@ -36,14 +36,15 @@ def log(msg: str) -> None:
     print(f"[{time.perf_counter() - T0:6.0f}s] {msg}", flush=True)
 
 
-def step_bytes(params: Params, cfg: ModelConfig, batch: int, kv_len: float) -> float:
+def step_bytes(params: Params, cfg: ModelConfig, batch: int, kv_len: float, kv_dtype: torch.dtype) -> float:
     """Bytes one decode step must read: every weight once (of the embedding table only the B rows
-    looked up), and the keys and values of kv_len positions per row."""
+    looked up), and the keys and values of kv_len positions per row in the cache's dtype."""
     weights = nbytes(params)
     emb = params["tok_embeddings.weight"]
     if not cfg.tie_embeddings:
         weights -= emb.numel() * emb.element_size() - batch * cfg.dim * emb.element_size()
-    kv_bytes = 2 * cfg.n_layers * batch * cfg.n_kv_heads * cfg.head_dim * kv_len * emb.element_size()
+    per_value = emb.element_size() if kv_dtype.is_floating_point else 1 + 4 / cfg.head_dim   # int8 + fp32 scale a vector
+    kv_bytes = 2 * cfg.n_layers * batch * cfg.n_kv_heads * cfg.head_dim * kv_len * per_value
     return weights + kv_bytes
 
 
@@ -54,7 +55,7 @@ def prefill_flops(cfg: ModelConfig, n_matmul_params: int, batch: int, length: in
 
 
 def compiled_decode(params: Params, cfg: ModelConfig, batch: int, prompt_len: int, new_tokens: int,
-                    attention: str, ceilings: dict) -> dict:
+                    attention: str, ceilings: dict, kv_dtype: torch.dtype = torch.bfloat16) -> dict:
     """Time the compiled prefill and decode steps, the way `generate(compile=True)` runs them."""
     device = params["norm.weight"].device
     gen = torch.Generator(device).manual_seed(0)
@@ -63,7 +64,7 @@ def compiled_decode(params: Params, cfg: ModelConfig, batch: int, prompt_len: in
     tokens = torch.cat([prompts, prompts[:, -1:].expand(batch, T - prompt_len)], dim=1)
     lengths = torch.full((batch,), prompt_len, device=device)
     cache_len = round_up(max(T, prompt_len + new_tokens), 256)
-    cache = kv.init_cache(cfg, batch, cache_len, dtype=torch.bfloat16, device=device)
+    cache = kv.init_cache(cfg, batch, cache_len, dtype=kv_dtype, device=device)
     mark_static([*tensors(params), *kv.tensors(cache)])
     sp = sampling_params(batch, device=device)
     ones = torch.ones(batch, cfg.vocab_size, device=device)
@@ -94,10 +95,11 @@ def compiled_decode(params: Params, cfg: ModelConfig, batch: int, prompt_len: in
             state = sample.own(step(params, state, sp, ones, stops, **kw)[1])
 
     step_s = cuda_time(decode) / new_tokens
-    bytes_needed = step_bytes(params, cfg, batch, prompt_len + new_tokens / 2)
+    bytes_needed = step_bytes(params, cfg, batch, prompt_len + new_tokens / 2, kv_dtype)
     n_matmul = sum(math.prod(t.shape) for k, t in params.items() if k != "tok_embeddings.weight" and len(t.shape) == 2)
     return {
         "batch": batch, "prompt": prompt_len, "new_tokens": new_tokens, "attention": attention,
+        "kv_cache": str(kv_dtype).removeprefix("torch."),
         "cache_len": cache_len, "tok_s": round(batch / step_s, 1), "step_ms": round(step_s * 1e3, 3),
         "GB_per_step": round(bytes_needed / 1e9, 3), "effective_GBps": round(bytes_needed / step_s / 1e9, 1),
         "roofline_fraction": round(bytes_needed / (ceilings["copy_GBps"] * 1e9) / step_s, 3),
@@ -199,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                     "runs every configuration, the others batch 1 with the shortest prompt")
     ap.add_argument("--baselines", default="eager,hf", help="any of eager, hf, e2e (comma-separated) or none")
     ap.add_argument("--profile", action="store_true", help="add the top kernels of a batch-1 step")
+    ap.add_argument("--kv-cache", default="bfloat16", choices=("bfloat16", "int8"), help="the KV cache's dtype")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -229,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch in map(int, args.batch_sizes.split(",")):
             for prompt_len in map(int, args.prompt_lengths.split(",")):
                 for attention in backends if (batch, prompt_len) == (1, 5) else backends[:1]:
-                    r = compiled_decode(params, cfg, batch, prompt_len, args.new_tokens, attention, results["ceilings"])
+                    r = compiled_decode(params, cfg, batch, prompt_len, args.new_tokens, attention, results["ceilings"],
+                                        getattr(torch, args.kv_cache))
                     entry["runs"].append(r)
                     log(f"{name} {r}")
                     save()

@@ -119,12 +119,17 @@ def write(cache: KVCache, layer: int, k: torch.Tensor, v: torch.Tensor, pos: tor
     return cache
 
 
+def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """int8 (..., D) and scale (...) -> q * scale (..., D) in `dtype`, computed in fp32."""
+    return (q.float() * scale[..., None]).to(dtype)
+
+
 def read(cache: KVCache, layer: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The keys and values of `layer`, (B, Hkv, max_seq, D) each, in `dtype` (dequantised from int8)."""
     if not quantized(cache):
         return cache.k[layer].to(dtype), cache.v[layer].to(dtype)
-    return tuple((q.float() * scale[..., None]).to(dtype)
-                 for q, scale in ((cache.k[layer], cache.k_scale[layer]), (cache.v[layer], cache.v_scale[layer])))
+    return (dequantize_rows(cache.k[layer], cache.k_scale[layer], dtype),
+            dequantize_rows(cache.v[layer], cache.v_scale[layer], dtype))
 
 
 def advance(cache: KVCache, n_tokens: int) -> KVCache:

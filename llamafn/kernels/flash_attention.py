@@ -34,6 +34,7 @@ import math
 
 import torch
 
+from ..cache import dequantize_rows
 from ..errors import InputError
 from .registry import register
 from .runtime import INTERPRET, launcher, require_triton, triton
@@ -89,10 +90,12 @@ if triton is not None:
                  mask=row_ok[:, None] & (rd[None, :] < D))
 
     @triton.jit
-    def flash_decode_kernel(Q, K, V, POS, PART_O, PART_ML, qk_scale, S, T, Hkv, GROUP, D, CHUNK,
-                            sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, spb,
-                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-        """One split of the keys for every query of one KV head: rows r = (head in group) * T + t."""
+    def flash_decode_kernel(Q, K, V, KS, VS, POS, PART_O, PART_ML, qk_scale, S, T, Hkv, GROUP, D, CHUNK,
+                            sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sksb, sksh, svsb, svsh, spb,
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                            QUANT: tl.constexpr):
+        """One split of the keys for every query of one KV head: rows r = (head in group) * T + t. With
+        QUANT, K and V are int8 with a scale per (row, head, position) in KS / VS (llamafn.cache)."""
         pid_bk, split = tl.program_id(0), tl.program_id(1)
         n_splits = tl.num_programs(1)
         b, hk = pid_bk // Hkv, pid_bk % Hkv
@@ -111,7 +114,10 @@ if triton is not None:
         for n0 in range(lo, hi, BLOCK_N):
             rn = n0 + tl.arange(0, BLOCK_N)
             k = tl.load(K + b * skb + hk * skh + rn[None, :] * skt + rd[:, None],
-                        mask=(rn[None, :] < hi) & (rd[:, None] < D), other=0.0)       # (BD, BN)
+                        mask=(rn[None, :] < hi) & (rd[:, None] < D), other=0)         # (BD, BN)
+            if QUANT:
+                ks = tl.load(KS + b * sksb + hk * sksh + rn, mask=rn < hi, other=0.0)   # (BN,)
+                k = (k.to(tl.float32) * ks[None, :]).to(Q.dtype.element_ty)
             s = (dot(q, k) * qk_scale).to(tl.float32)                              # (BM, BN)
             s = tl.where((rn[None, :] < hi) & (rn[None, :] <= pos[:, None]), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -119,7 +125,10 @@ if triton is not None:
             p = tl.exp2(s - m_safe[:, None])
             alpha = tl.exp2(m_i - m_safe)
             v = tl.load(V + b * svb + hk * svh + rn[:, None] * svt + rd[None, :],
-                        mask=(rn[:, None] < hi) & (rd[None, :] < D), other=0.0)       # (BN, BD)
+                        mask=(rn[:, None] < hi) & (rd[None, :] < D), other=0)         # (BN, BD)
+            if QUANT:
+                vs = tl.load(VS + b * svsb + hk * svsh + rn, mask=rn < hi, other=0.0)   # (BN,)
+                v = (v.to(tl.float32) * vs[:, None]).to(Q.dtype.element_ty)
             l_i = l_i * alpha + tl.sum(p, axis=1)
             acc = acc * alpha[:, None] + dot(p.to(v.dtype), v)
             m_i = m_new
@@ -212,8 +221,10 @@ def decode_splits(batch: int, n_kv_heads: int, n_keys: int, block_n: int) -> int
     return max(1, min(triton.cdiv(n_keys, block_n), triton.cdiv(waves, batch * n_kv_heads)))
 
 
-def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """q (B, H, T, D) with few rows per KV group (decode), k/v (B, Hkv, S, D), pos (B, T) -> (B, H, T, D)."""
+def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                        k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """q (B, H, T, D) with few rows per KV group (decode), k/v (B, Hkv, S, D), pos (B, T) -> (B, H, T, D).
+    With k_scale / v_scale (B, Hkv, S), k and v are int8 rows of an int8 cache, dequantised in registers."""
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     group = H // Hkv
@@ -224,10 +235,13 @@ def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: 
     part_ml = torch.empty(B * Hkv * n_splits * BLOCK_M, 2, dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
     kernel, fixed = (flash_decode_kernel, {"BLOCK_N": BLOCK_N}) if INTERPRET else (decode_tuned(), {})
+    quant = k_scale is not None
+    ks, vs = (k_scale, v_scale) if quant else (k, v)                           # unread without QUANT
     launcher(kernel)[(B * Hkv, n_splits)](
-        q, k, v, pos, part_o, part_ml, 1.4426950408889634 / math.sqrt(D), S, T, Hkv, group, D, chunk,
+        q, k, v, ks, vs, pos, part_o, part_ml, 1.4426950408889634 / math.sqrt(D), S, T, Hkv, group, D, chunk,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), pos.stride(0), BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, **fixed)
+        v.stride(0), v.stride(1), v.stride(2), ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1), pos.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, QUANT=quant, **fixed)
     launcher(flash_decode_merge_kernel)[(B * Hkv, group * T)](
         part_o, part_ml, out, T, Hkv, group, n_splits, D, out.stride(0), out.stride(1), out.stride(2),
         BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_S=min(64, triton.next_power_of_2(n_splits)),
@@ -238,11 +252,16 @@ def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: 
 DECODE_MAX_ROWS = 64
 
 
-def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None) -> torch.Tensor:
-    """The model's layout: q (B, H, T, D), k/v (B, Hkv, S, D), query positions (B, T) or None (causal, S == T)."""
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None,
+                    k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's layout: q (B, H, T, D), k/v (B, Hkv, S, D), query positions (B, T) or None (causal, S == T).
+    With k_scale / v_scale (B, Hkv, S), k/v are an int8 cache's rows: decode reads them as int8, longer
+    query blocks (compute-bound) dequantise them first."""
     B, H, T, _ = q.shape
     if q_pos is not None and (H // k.shape[1]) * T <= DECODE_MAX_ROWS:
-        return flash_decode_launch(q, k, v, q_pos)                             # int64 positions, read as they are
+        return flash_decode_launch(q, k, v, q_pos, k_scale, v_scale)           # int64 positions, read as they are
+    if k_scale is not None:
+        k, v = dequantize_rows(k, k_scale, q.dtype), dequantize_rows(v, v_scale, q.dtype)
     zeros = torch.zeros(B, dtype=torch.int32, device=q.device)
     if q_pos is None:
         q_pos = torch.arange(T, dtype=torch.int32, device=q.device).expand(B, T)
@@ -274,9 +293,11 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
 
 if triton is not None:
     @torch.library.triton_op("llamafn::flash_attention", mutates_args=())
-    def flash_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None) -> torch.Tensor:
-        """The "triton" attention backend on a GPU (prefill and decode), as one op for torch.compile."""
-        return dense_attention(q, k, v, q_pos)
+    def flash_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None,
+                           k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The "triton" attention backend on a GPU (prefill and decode, float or int8 K/V), as one op
+        for torch.compile."""
+        return dense_attention(q, k, v, q_pos, k_scale, v_scale)
 
 
 @register("attention", "triton")
@@ -285,3 +306,14 @@ def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: t
     if q.is_cuda:
         return torch.ops.llamafn.flash_attention(q, k, v, q_pos)
     return dense_attention(q, k, v, q_pos)
+
+
+@register("attention_int8", "triton")
+def triton_attention_int8(q: torch.Tensor, k: torch.Tensor, k_scale: torch.Tensor, v: torch.Tensor,
+                          v_scale: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
+    """Attention over an int8 KV cache's rows (llamafn.cache): k/v (B, Hkv, S, D) int8 with scales
+    (B, Hkv, S). Flash-decoding reads the int8 values and scales (about half the bytes of bf16)."""
+    require_triton(q.device, "the triton attention backend")
+    if q.is_cuda:
+        return torch.ops.llamafn.flash_attention(q, k, v, q_pos, k_scale, v_scale)
+    return dense_attention(q, k, v, q_pos, k_scale, v_scale)

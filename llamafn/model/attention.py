@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .. import cache as kv
 from ..cache import KVCache
 from ..config import ModelConfig
-from ..kernels import get, get_or_reference, register
+from ..kernels import backends, get, get_or_reference, register
 from ..quant import linear
 from .rope import apply_rope, rope_angles
 
@@ -110,6 +110,10 @@ def attention(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None
         out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None)
     else:
         q, cache = get_or_reference("rope_write", backend)(q, k, v, cos, sin, cache, layer, pos)   # q (B, H, T, D)
-        out = attend(q, *kv.read(cache, layer, q.dtype), pos)
+        if kv.quantized(cache) and backend in backends("attention_int8"):           # reads the int8 cache itself
+            out = get("attention_int8", backend)(q, cache.k[layer], cache.k_scale[layer], cache.v[layer],
+                                                 cache.v_scale[layer], pos)
+        else:
+            out = attend(q, *kv.read(cache, layer, q.dtype), pos)
     out = out.transpose(1, 2).reshape(B, T, H * D)                        # (B, T, H*D)
     return linear(out, p["wo.weight"]), cache

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import llamafn as lf
 from llamafn.errors import InputError
 from llamafn.kernels import flash_attention as fa
+from llamafn.kernels import get
 from llamafn.model.attention import reference_attention
 from tests.strategies import seeds
 
@@ -127,16 +128,33 @@ def test_compiled_decode_with_the_triton_kernel_set_equals_eager():
 
 
 def test_the_triton_kernel_set_on_an_int8_cache():
-    """Prefill and one decode step over an int8 KV cache: the triton set equals the sdpa backend."""
-    cfg = lf.ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=32, hidden_dim=48, max_seq_len=32)
+    """A prefill long enough for the prefill kernel (dequantising the cache), then one decode step
+    reading it as int8: the triton set equals the sdpa backend."""
+    cfg = lf.ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=32, hidden_dim=48, max_seq_len=64)
     params = lf.init_params(cfg, generator=torch.Generator().manual_seed(0))
     params = {name: t.to(DEVICE) for name, t in params.items()}
-    tokens = torch.randint(0, 32, (2, 5), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    tokens = torch.randint(0, 32, (2, 40), generator=torch.Generator().manual_seed(1)).to(DEVICE)
     outs = []
     for backend in ("sdpa", "triton"):
-        cache = lf.init_cache(cfg, 2, 8, dtype=torch.int8, device=DEVICE)
+        cache = lf.init_cache(cfg, 2, 48, dtype=torch.int8, device=DEVICE)
         prefill, cache = lf.forward(params, tokens, cache, cfg=cfg, attention=backend)
         step, _ = lf.forward(params, tokens[:, -1:], cache, cfg=cfg, attention=backend)
         outs.append((prefill, step))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@given(seeds(), shapes(max_t=3), st.sampled_from(DTYPES), st.data())
+def test_flash_decoding_reads_an_int8_cache(seed, shape, dtype, data):
+    """int8 keys and values with a scale per position, dequantised in registers: equal to the reference
+    over the dequantised rows (the same fp32 product rounded to the query's dtype), ragged rows included."""
+    from llamafn.cache import dequantize_rows, quantize_rows
+
+    B, H, Hkv, T, S, D = shape
+    q, k, v = tensors(seed, B, H, Hkv, T, T + S, D, torch.float32)
+    (kq, ks), (vq, vs) = quantize_rows(k), quantize_rows(v)
+    q = q.to(dtype)
+    lengths = torch.tensor(data.draw(st.lists(st.integers(0, S), min_size=B, max_size=B)), device=DEVICE)
+    pos = lengths[:, None] + torch.arange(T, device=DEVICE)[None]                 # (B, T)
+    out = get("attention_int8", "triton")(q, kq, ks, vq, vs, pos)
+    close(out, q, dequantize_rows(kq, ks, dtype), dequantize_rows(vq, vs, dtype), pos)

@@ -52,7 +52,7 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_seq_len: int | None = None
     max_seq_len = cfg.max_seq_len if max_seq_len is None else max_seq_len
     if batch_size < 1 or max_seq_len < 1:
         raise InputError(f"init_cache: batch_size ({batch_size}) and max_seq_len ({max_seq_len}) must be >= 1")
-    if not (dtype.is_floating_point or dtype == torch.int8):
+    if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype == torch.int8):
         raise InputError(f"init_cache: the cache holds a float dtype or int8 (quantised), not {dtype}")
     shape = (batch_size, cfg.n_kv_heads, max_seq_len, cfg.head_dim)
 

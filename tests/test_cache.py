@@ -71,5 +71,6 @@ def test_int8_cache_storage_moves_with_its_scales():
 
 
 def test_init_cache_refuses_integer_dtypes_other_than_int8():
-    with pytest.raises(InputError, match="int8"):
-        init_cache(CFG, 1, 4, dtype=torch.int32)
+    for dtype in (torch.int32, "int8"):
+        with pytest.raises(InputError, match="int8"):
+            init_cache(CFG, 1, 4, dtype=dtype)

@@ -32,6 +32,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import InputError
+from .quant.formats import Int8Weight, dequantize, quantize_int8
 
 
 class KVCache(NamedTuple):
@@ -96,21 +97,13 @@ def positions(cache: KVCache | None, batch_size: int, n_tokens: int, device: tor
     return cache.lengths[:, None] + offsets
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (..., D) float -> (int8 (..., D), scale (...) fp32): symmetric per vector, |x - q * scale| <= scale / 2."""
-    x = x.float()
-    scale = x.abs().amax(dim=-1) / 127                                     # (...)
-    q = torch.round(x / torch.where(scale == 0, 1.0, scale)[..., None]).clamp(-127, 127).to(torch.int8)
-    return q, scale
-
-
 def write(cache: KVCache, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> KVCache:
     """Write k, v (B, Hkv, T, D) of `layer` at positions pos (B, T), in place (quantised in an int8
     cache). Lengths are unchanged."""
     rows = torch.arange(pos.shape[0], device=pos.device)[:, None]          # (B, 1)
     k, v = k.transpose(1, 2), v.transpose(1, 2)                            # (B, T, Hkv, D) at [b, :, pos[b, t]]
     if quantized(cache):
-        (k, k_scale), (v, v_scale) = quantize_rows(k), quantize_rows(v)
+        (k, k_scale), (v, v_scale) = quantize_int8(k.float()), quantize_int8(v.float())   # fp32 scales
         cache.k_scale[layer][rows, :, pos] = k_scale                       # (B, T, Hkv)
         cache.v_scale[layer][rows, :, pos] = v_scale
     k_layer, v_layer = cache.k[layer], cache.v[layer]
@@ -119,17 +112,12 @@ def write(cache: KVCache, layer: int, k: torch.Tensor, v: torch.Tensor, pos: tor
     return cache
 
 
-def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """int8 (..., D) and scale (...) -> q * scale (..., D) in `dtype`, computed in fp32."""
-    return (q.float() * scale[..., None]).to(dtype)
-
-
 def read(cache: KVCache, layer: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The keys and values of `layer`, (B, Hkv, max_seq, D) each, in `dtype` (dequantised from int8)."""
     if not quantized(cache):
         return cache.k[layer].to(dtype), cache.v[layer].to(dtype)
-    return (dequantize_rows(cache.k[layer], cache.k_scale[layer], dtype),
-            dequantize_rows(cache.v[layer], cache.v_scale[layer], dtype))
+    return (dequantize(Int8Weight(cache.k[layer], cache.k_scale[layer]), dtype),
+            dequantize(Int8Weight(cache.v[layer], cache.v_scale[layer]), dtype))
 
 
 def advance(cache: KVCache, n_tokens: int) -> KVCache:

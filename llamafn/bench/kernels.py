@@ -86,6 +86,11 @@ def max_abs_diff(out: torch.Tensor, expected: torch.Tensor) -> float:
     return round((out.float() - expected.float()).abs().max().item(), 4)
 
 
+def first(out: torch.Tensor | tuple) -> torch.Tensor:
+    """An op's main output: the tensor, or the first of a tuple (the normed rows, the rotated q)."""
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
 def decode_rows(contexts: list[int], head_configs: list[tuple[int, int]], copy_GBps: float) -> list[dict]:
     rows = []
     for H, Hkv in head_configs:
@@ -130,11 +135,10 @@ def fused_rows(rows: list[int], cfg, copy_GBps: float) -> list[dict]:
                                6 * M * cfg_dim * 2 + 2 * cos.numel() * 4)      # q, k, v in; q, k, v out; the angles
         for op, (call, n_bytes) in cases.items():
             reference = get(op, "reference")
-            expected = call(reference)[0].clone() if op != "swiglu" else call(reference)   # rope_write: q rotated
+            expected = first(call(reference)).clone()                          # rope_write: q rotated
             for path, fn in (("triton", get(op, "triton")), ("inductor (compiled reference)", torch.compile(reference)),
                              ("eager reference", reference)):
-                result = call(fn)
-                err = max_abs_diff(result if op == "swiglu" else result[0], expected)
+                err = max_abs_diff(first(call(fn)), expected)
                 replay = graphed(lambda fn=fn: call(fn))
                 t = median_cuda_time(replay, repeat=20)
                 gbps = n_bytes / t / 1e9

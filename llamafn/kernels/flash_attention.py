@@ -34,7 +34,7 @@ import math
 
 import torch
 
-from ..cache import dequantize_rows
+from ..quant.formats import Int8Weight, dequantize
 from ..errors import InputError
 from .registry import register
 from .runtime import INTERPRET, launcher, require_triton, triton
@@ -261,7 +261,7 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: to
     if q_pos is not None and (H // k.shape[1]) * T <= DECODE_MAX_ROWS:
         return flash_decode_launch(q, k, v, q_pos, k_scale, v_scale)           # int64 positions, read as they are
     if k_scale is not None:
-        k, v = dequantize_rows(k, k_scale, q.dtype), dequantize_rows(v, v_scale, q.dtype)
+        k, v = dequantize(Int8Weight(k, k_scale), q.dtype), dequantize(Int8Weight(v, v_scale), q.dtype)
     zeros = torch.zeros(B, dtype=torch.int32, device=q.device)
     if q_pos is None:
         q_pos = torch.arange(T, dtype=torch.int32, device=q.device).expand(B, T)

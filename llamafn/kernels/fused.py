@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import cache as kv
 from ..errors import InputError
 from .registry import get, register
 from .runtime import INTERPRET, launcher, require_triton, triton
@@ -175,7 +176,7 @@ def triton_swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 @register("rope_write", "triton")
 def triton_rope_write(q, k, v, cos, sin, cache, layer: int, pos: torch.Tensor):
     """The kernel writes float caches; an int8 cache (llamafn.cache) is quantised by the reference."""
-    if len(cache.k_scale) > 0:
+    if kv.quantized(cache):
         return get("rope_write", "reference")(q, k, v, cos, sin, cache, layer, pos)
     require_triton(q.device, "the triton rope_write backend")
     launch = torch.ops.llamafn.rope_write if q.is_cuda else rope_write_launch

@@ -74,11 +74,12 @@ def stored_scale(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def quantize_int8(w: torch.Tensor) -> Int8Weight:
-    """w (N, K) float -> Int8Weight; the scale has w's dtype."""
+    """w (N, K) float -> Int8Weight, one scale a row; the scale has w's dtype. Any leading dims work
+    the same, (..., K) -> scales (...) (the int8 KV cache's vectors, llamafn.cache)."""
     w32 = w.float()
-    amax = w32.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
+    amax = w32.abs().amax(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)
     scale = stored_scale(amax / 127, w.dtype)                                  # (N,)
-    q = (w32 / scale.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
+    q = (w32 / scale.float()[..., None]).round().clamp(-127, 127).to(torch.int8)
     return Int8Weight(q, scale)
 
 
@@ -116,7 +117,7 @@ def dequantize(w: QuantWeight, dtype: torch.dtype | None = None) -> torch.Tensor
     """The float matrix (N, K) a quantised weight stands for, in `dtype` (default: the scale's)."""
     dtype = dtype or w.dtype
     if isinstance(w, Int8Weight):
-        return (w.q.float() * w.scale.float()[:, None]).to(dtype)
+        return (w.q.float() * w.scale.float()[..., None]).to(dtype)
     N, K = w.shape
     g = w.group_size
     q = unpack_int4(w.q).float()                                             # (N, K)

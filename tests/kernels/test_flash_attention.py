@@ -148,13 +148,13 @@ def test_the_triton_kernel_set_on_an_int8_cache():
 def test_flash_decoding_reads_an_int8_cache(seed, shape, dtype, data):
     """int8 keys and values with a scale per position, dequantised in registers: equal to the reference
     over the dequantised rows (the same fp32 product rounded to the query's dtype), ragged rows included."""
-    from llamafn.cache import dequantize_rows, quantize_rows
+    from llamafn.quant import Int8Weight, dequantize, quantize_int8
 
     B, H, Hkv, T, S, D = shape
     q, k, v = tensors(seed, B, H, Hkv, T, T + S, D, torch.float32)
-    (kq, ks), (vq, vs) = quantize_rows(k), quantize_rows(v)
+    (kq, ks), (vq, vs) = quantize_int8(k), quantize_int8(v)
     q = q.to(dtype)
     lengths = torch.tensor(data.draw(st.lists(st.integers(0, S), min_size=B, max_size=B)), device=DEVICE)
     pos = lengths[:, None] + torch.arange(T, device=DEVICE)[None]                 # (B, T)
     out = get("attention_int8", "triton")(q, kq, ks, vq, vs, pos)
-    close(out, q, dequantize_rows(kq, ks, dtype), dequantize_rows(vq, vs, dtype), pos)
+    close(out, q, dequantize(Int8Weight(kq, ks), dtype), dequantize(Int8Weight(vq, vs), dtype), pos)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import preset
+from ..kernels import quant_matmul
 from ..model import forward
 from ..params import fuse, init_params, nbytes
 from ..quant import dequantize, quantize
@@ -74,14 +75,26 @@ def tinygemm_weight(w, inner_k_tiles: int = 8) -> tuple[torch.Tensor, torch.Tens
     return packed, scales_and_zeros
 
 
-def kernel_paths(s: str, M: int, copies: list) -> dict:
-    """{path: (fn(x, prepared weight), prepared copies)} timed for scheme s at M rows."""
+def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
+    """{path: (fn(x, prepared weight), prepared copies)} timed for scheme s at x's rows. For one row the
+    gemv kernel is also timed alone, on activations laid out beforehand (in the compiled decode step that
+    layout is fused into the producer of x)."""
+    M = x.shape[0]
     if s == "bf16":
         return {"cuBLAS": (lambda x, w: F.linear(x, w), copies)}
     if s == "int8":
         paths = {"triton": (lambda x, w: torch.ops.llamafn.int8_matmul(x, w.q, w.scale), copies)}
+        if M == 1:
+            xw = quant_matmul.int8_gemv_activations(x)
+            paths["triton gemv kernel alone"] = (
+                lambda x, w: quant_matmul.int8_gemv(xw, w.q.view(torch.int32), w.scale, x.dtype), copies)
     else:
         paths = {"triton": (lambda x, w: torch.ops.llamafn.int4_matmul(x, w.q, w.scale, w.zero, w.group_size), copies)}
+        if M == 1:
+            xw = quant_matmul.int4_gemv_activations(x)
+            paths["triton gemv kernel alone"] = (
+                lambda x, w: quant_matmul.int4_gemv(xw, w.q.view(torch.int32), w.scale, w.zero, w.group_size, x.dtype),
+                copies)
         if M <= 64 and hasattr(torch, "_weight_int4pack_mm"):
             group = copies[0].group_size
             paths["tinygemm (torch._weight_int4pack_mm)"] = (
@@ -108,7 +121,7 @@ def kernel_rows(cfg, rows: list[int], schemes: list[str], copy_GBps: float) -> l
         for M in rows:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
             for s, (w, copies) in variants.items():
-                for path, (fn, prepared) in kernel_paths(s, M, copies).items():
+                for path, (fn, prepared) in kernel_paths(s, x, copies).items():
                     err = relative_error(fn(x, prepared[0]), x, w)
                     t = time_rotating(fn, prepared, x)
                     gbps = weight_bytes(w) / t / 1e9
@@ -166,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if "kernels" in parts:
         results["kernels"] = kernel_rows(cfg, [int(m) for m in args.kernel_rows.split(",")], schemes,
                                          results["ceilings"]["copy_GBps"])
+        results["tuned_configs"] = quant_matmul.tuned_configs()
         save()
     params = fuse(init_params(cfg, generator=torch.Generator("cuda").manual_seed(0), dtype=torch.bfloat16, device="cuda"))
     if "quality" in parts:
@@ -184,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                     r = {"batch": batch, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
                 r.update(weights=s, weight_GB=round(nbytes(p) / 1e9, 3))
                 results["decode"].append(r)
+                results["tuned_configs"] = quant_matmul.tuned_configs()
                 log(r)
                 save()
             del p

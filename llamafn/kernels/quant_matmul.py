@@ -1,24 +1,30 @@
 """Triton kernels for x @ W^T with quantised W (llamafn.quant.formats), dequantising in registers.
 
-Two ways to reduce over the inputs, chosen by the launcher from the number of rows M of x:
-- `gemv` (M == 1, batch-1 decode): a (BLOCK_N, BLOCK_K) tile of the weight is multiplied
-  elementwise by the activations and summed, in fp32 on the CUDA cores. Small BLOCK_N gives enough
-  programs to fill the GPU without split-K (and without the zeroing and cast kernels split-K needs).
-  Triton software-pipelines only the loads that feed `tl.dot`, so this loop waits on every tile; the
-  `PREFETCH` configs load the next tile before the current one's arithmetic (register double
-  buffering) and compete with the plain loop in the autotuning.
-- `dot` (M > 1): the tile is dequantised to the activations' dtype and fed to `tl.dot` (tensor cores),
-  fp32 accumulation, rows of x padded to BLOCK_M >= 16.
+Two kernels a format, chosen by the launcher from the number of rows M of x:
+
+- `gemv` (M == 1, batch-1 decode), on the CUDA cores, reading the weights as int32 words. Weights
+  become floats by the exponent trick instead of int-to-float conversions (I2F issues at a quarter of
+  the FMA rate on Hopper): a byte shifted to bits 15-22 and put into 1.0's mantissa is f = 1 + v 2^-8
+  (v the byte, or a nibble at 15-18 / 19-22 with 2^-8 / 2^-4), so with the activations pre-scaled by
+  the inverse power of two, x' = x 2^8 (or 2^4), f x' = x' + v x exactly, and a word's sum of v x is
+  its sum of f x' minus its sum of x'. One shift, one AND-XOR and one FMA a weight; nothing crosses
+  threads until the final sum. In the SASS for sm_90 (int4, 8 rows a program) that is 3.8
+  instructions a weight and no barrier in the loop, against 11.5 and 12 barriers an iteration for the
+  gemv it replaced (I2F conversions, each group reduced across warps). A program holds BLOCK_N rows
+  of the same words in every thread, so each loaded x' can serve several rows; measured on an H100
+  with the weights streamed from HBM, the time hardly depends on it (18.5-23 us for the 7B wqkv over
+  every config but the widest) and the tuner picks 1-2 rows.
+  The activations are laid out by `int8_gemv_activations` / `int4_gemv_activations` (x' of byte or
+  nibble i of every word contiguous, so its loads vectorise like the weights'); inside the custom op
+  these are torch ops, so inductor fuses them into the producer of x (the RMSNorm or the SwiGLU).
+- `dot` (M > 1, or a K the words do not fit): the tile is dequantised to the activations' dtype and fed
+  to `tl.dot` (tensor cores), fp32 accumulation, rows of x padded to BLOCK_M >= 16.
 
 int8: out = (x @ q^T) * scale, the per-channel scale applied once at the end.
-int4: the gemv path uses sum_k (q - z) s x = s (sum_k q x - z sum_k x) per group (one FMA a weight, the
-zero point and scale once per group and output); the dot path dequantises the tile, (q - z) * s, in
-registers and feeds it to `tl.dot` with tiles of several groups. A variant that kept the raw 4-bit values
-in the dot (one K step a group, the correction after) and multiplied even/odd activations against the
-low/high nibbles measured 1.1-2.2x slower on the H200 (benchmarks/results/quant-nvidia-h200.json), and
-so did a GEMV that read int32 words and built floats with the 2^23 magic-number trick instead of
-int-to-float conversions (1.1-2x slower; in its PTX the int8 one moved the activations through shared
-memory every step).
+int4: per group, sum (q - z) s x = s (sum q x - z sum x); the dot path dequantises the tile, (q - z) * s,
+and feeds it to `tl.dot` with tiles of several groups. Tried and slower on the H200
+(benchmarks/results/quant-nvidia-h200.json): a dot on the raw 4-bit values (one K step a group, the
+correction after; 1.1-2.2x slower).
 
 Both are registered as custom ops (`torch.ops.llamafn.int8_matmul`, `int4_matmul`, via
 `torch.library.triton_op`) so that a compiled decode step captures them with `fullgraph=True` and
@@ -38,151 +44,269 @@ if triton is not None:
     from .runtime import dot
 
     @triton.jit
-    def int8_tile(q_ptr, rn, k0, N, K, stride_qn, BLOCK_K: tl.constexpr):
-        """The (BN, BK) int8 tile of rows rn at inputs k0 .. k0 + BK - 1 (zeros outside)."""
-        rk = k0 + tl.arange(0, BLOCK_K)
-        return tl.load(q_ptr + rn[:, None] * stride_qn + rk[None, :], mask=(rn[:, None] < N) & (rk[None, :] < K), other=0)
+    def shifted(words, SHIFT: tl.constexpr):
+        """words << SHIFT, or >> -SHIFT for a negative SHIFT (the bits that matter are masked after)."""
+        if SHIFT >= 0:
+            return words << SHIFT
+        else:
+            return words >> -SHIFT
 
     @triton.jit
-    def int8_kernel(x_ptr, q_ptr, s_ptr, out_ptr, M, N, K, stride_xm, stride_qn, stride_om,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
-                    PREFETCH: tl.constexpr):
+    def exponent_trick(bits, MASK: tl.constexpr, magic):
+        """fp32 with the bits of `bits` under MASK (within the mantissa) placed into 1.0: 1 + bits * 2^-23,
+        XOR-ed with `magic` (1.0's pattern, 0x3F800000, or that with the top masked bit set to flip a sign
+        bit). `magic` is a kernel argument so that the one AND-XOR instruction reads it from the constant
+        bank instead of a register rebuilt before every use."""
+        return ((bits & MASK) ^ magic).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def activations(x_row, i, KW, word, in_k):
+        """x' of byte or nibble i of the given words (zeros past K)."""
+        return tl.load(x_row + i * KW + word, mask=in_k, other=0.0)
+
+    @triton.jit
+    def int8_gemv_kernel(x_ptr, q_ptr, s_ptr, out_ptr, N, KW, stride_xm, stride_qn, stride_om, magic,
+                         BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+        """One row of x against BLOCK_N rows of int8 words: x_ptr (M, 4, KW) fp32 with x'[j, w] = x[4w + j] 2^8,
+        q_ptr (N, KW) int32, byte j of word w at bits 8j. Each byte is moved to bits 15-22, its sign bit
+        flipped (u = q + 128) and set in 1.0's mantissa: f = 1 + u 2^-8, so f x' = x' + (q + 128) x and
+        sum q x = sum f x' - 1.5 sum x' (magic = 0x3FC00000)."""
+        pid_n, m = tl.program_id(0), tl.program_id(1)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
+        rows = tl.minimum(rn, N - 1)                                                  # (BN,) in bounds
+        rw = tl.arange(0, BLOCK_W)                                                    # (BW,)
+        acc = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
+        x_row = x_ptr + m * stride_xm
+        for w0 in range(0, KW, BLOCK_W):
+            word = w0 + rw                                                            # (BW,)
+            in_k = word < KW
+            words = tl.load(q_ptr + rows[:, None] * stride_qn + word[None, :], mask=in_k[None, :], other=0)   # (BN, BW)
+            xs = tl.zeros((BLOCK_W,), dtype=tl.float32)
+            for j in tl.static_range(4):
+                xj = activations(x_row, j, KW, word, in_k)                            # (BW,) x' of byte j
+                acc += exponent_trick(shifted(words, 15 - 8 * j), 0x7F8000, magic) * xj[None, :]
+                xs += xj
+            acc -= 1.5 * xs[None, :]
+        out = tl.sum(acc, axis=1) * tl.load(s_ptr + rows).to(tl.float32)             # (BN,)
+        tl.store(out_ptr + m * stride_om + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
+
+    @triton.jit
+    def int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, N, KW, G, stride_xm, stride_qn, stride_sn, stride_om,
+                         magic, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+        """One row of x against BLOCK_N rows of int4 words, BLOCK_G groups at a time: x_ptr (M, 8, KW) fp32
+        with x'[i, w] = x[8w + i] 2^8 for even i (low nibbles) and 2^4 for odd i, q_ptr (N, KW) int32, nibble
+        i of word w (column 8w + i) at bits 4i. Byte k is moved to bits 15-22, so its low nibble sits at
+        15-18 and its high one at 19-22; set in 1.0's mantissa (magic = 0x3F800000) they give f = 1 + q 2^-8
+        and 1 + q 2^-4, so f x' = x' + q x exactly, and a group's sum (q - z) s x = s (sum f x' - sum x' -
+        z sum x)."""
+        GW: tl.constexpr = GROUP // 8                                                 # words a group
+        pid_n, m = tl.program_id(0), tl.program_id(1)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
+        rg = tl.arange(0, BLOCK_G)                                                    # (NG,)
+        rw = tl.arange(0, GW)                                                         # (GW,)
+        rows = tl.minimum(rn, N - 1)                                                  # (BN,) in bounds
+        acc = tl.zeros((BLOCK_N, BLOCK_G, GW), dtype=tl.float32)
+        x_row = x_ptr + m * stride_xm
+        for g0 in range(0, G, BLOCK_G):
+            word = (g0 + rg)[:, None] * GW + rw[None, :]                              # (NG, GW)
+            in_k = word < KW
+            words = tl.load(q_ptr + rows[:, None, None] * stride_qn + word[None, :, :], mask=in_k[None, :, :],
+                            other=0)                                                  # (BN, NG, GW) int32
+            # rows and groups past the ends read the last ones (their words are masked, so x' is 0 against them)
+            group = rows[:, None] * stride_sn + tl.minimum(g0 + rg, G - 1)[None, :]  # (BN, NG)
+            s = tl.load(s_ptr + group).to(tl.float32)
+            z = tl.load(z_ptr + group).to(tl.float32)
+            x_lo0 = activations(x_row, 0, KW, word, in_k)   # (NG, GW) x' of nibble 2k (lo) and 2k + 1 (hi)
+            x_hi0 = activations(x_row, 1, KW, word, in_k)
+            x_lo1 = activations(x_row, 2, KW, word, in_k)
+            x_hi1 = activations(x_row, 3, KW, word, in_k)
+            x_lo2 = activations(x_row, 4, KW, word, in_k)
+            x_hi2 = activations(x_row, 5, KW, word, in_k)
+            x_lo3 = activations(x_row, 6, KW, word, in_k)
+            x_hi3 = activations(x_row, 7, KW, word, in_k)
+            lo_sum = x_lo0 + x_lo1 + x_lo2 + x_lo3
+            hi_sum = x_hi0 + x_hi1 + x_hi2 + x_hi3
+            part = tl.broadcast_to(-(lo_sum + hi_sum)[None], (BLOCK_N, BLOCK_G, GW))   # - sum x' a word
+            for k in tl.static_range(4):                                              # byte k to bits 15-22
+                byte = shifted(words, 15 - 8 * k)
+                part += exponent_trick(byte, 0x78000, magic) * (x_lo0, x_lo1, x_lo2, x_lo3)[k][None]
+                part += exponent_trick(byte, 0x780000, magic) * (x_hi0, x_hi1, x_hi2, x_hi3)[k][None]
+            x_sum = lo_sum * (1.0 / 256) + hi_sum * (1.0 / 16)                          # (NG, GW) sum x a word
+            acc += s[:, :, None] * part
+            acc -= (s * z)[:, :, None] * x_sum[None]
+        out = tl.sum(tl.sum(acc, axis=2), axis=1)                                     # (BN,)
+        tl.store(out_ptr + m * stride_om + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
+
+    @triton.jit
+    def int8_dot_kernel(x_ptr, q_ptr, s_ptr, out_ptr, M, N, K, stride_xm, stride_qn, stride_om,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         pid_n, pid_m = tl.program_id(0), tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                                  # (BM,)
-        if USE_DOT:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        else:
-            acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        if PREFETCH:
-            w_next = int8_tile(q_ptr, rn, 0, N, K, stride_qn, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)                                           # (BK,)
-            if PREFETCH:                                                              # the next tile in flight meanwhile
-                w = w_next
-                w_next = int8_tile(q_ptr, rn, k0 + BLOCK_K, N, K, stride_qn, BLOCK_K)
-            else:
-                w = int8_tile(q_ptr, rn, k0, N, K, stride_qn, BLOCK_K)                # (BN, BK) int8
-            if USE_DOT:
-                x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :],
-                            mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)    # (BM, BK)
-                acc += dot(x, tl.trans(w.to(x.dtype)))                                # (BM, BN)
-            else:
-                x = tl.load(x_ptr + pid_m * stride_xm + rk, mask=rk < K, other=0.0)   # (BK,)
-                acc += w.to(tl.float32) * x.to(tl.float32)[None, :]                   # (BN, BK)
+            w = tl.load(q_ptr + rn[:, None] * stride_qn + rk[None, :],
+                        mask=(rn[:, None] < N) & (rk[None, :] < K), other=0)          # (BN, BK) int8
+            x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :],
+                        mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)        # (BM, BK)
+            acc += dot(x, tl.trans(w.to(x.dtype)))                                    # (BM, BN)
         scale = tl.load(s_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)            # (BN,)
-        if USE_DOT:
-            out = acc * scale[None, :]                                                # (BM, BN)
-            tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], out.to(out_ptr.dtype.element_ty),
-                     mask=(rm[:, None] < M) & (rn[None, :] < N))
-        else:
-            out = tl.sum(acc, axis=1) * scale                                         # (BN,)
-            tl.store(out_ptr + pid_m * stride_om + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
+        out = acc * scale[None, :]
+        tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=(rm[:, None] < M) & (rn[None, :] < N))
 
     @triton.jit
-    def int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, G, stride_qn, stride_sn, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
-        """The packed (BN, BK/2) bytes of rows rn at inputs k0 .. k0 + BK - 1 and their groups' (BN, BK/GROUP)
-        scales and zero points (zeros outside)."""
-        rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)                                     # (BK/2,) byte columns
-        packed = tl.load(q_ptr + rn[:, None] * stride_qn + rb[None, :],
-                         mask=(rn[:, None] < N) & (rb[None, :] < K // 2), other=0)    # (BN, BK/2) uint8
-        rg = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)                             # (NG,)
-        gmask = (rn[:, None] < N) & (rg[None, :] < G)
-        s = tl.load(s_ptr + rn[:, None] * stride_sn + rg[None, :], mask=gmask, other=0.0)
-        z = tl.load(z_ptr + rn[:, None] * stride_sn + rg[None, :], mask=gmask, other=0)
-        return packed, s, z
-
-    @triton.jit
-    def int4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, G, stride_xm, stride_qn, stride_sn, stride_om,
-                    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    USE_DOT: tl.constexpr, PREFETCH: tl.constexpr):
+    def int4_dot_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, K, G, stride_xm, stride_qn, stride_sn, stride_om,
+                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         NG: tl.constexpr = BLOCK_K // GROUP                                           # groups a tile
         pid_n, pid_m = tl.program_id(0), tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                                  # (BM,)
-        if USE_DOT:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        else:
-            acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        if PREFETCH:
-            packed_next, s_next, z_next = int4_tile(q_ptr, s_ptr, z_ptr, rn, 0, N, K, G, stride_qn, stride_sn, GROUP, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            if PREFETCH:                                                              # the next tile in flight meanwhile
-                packed, s, z = packed_next, s_next, z_next
-                packed_next, s_next, z_next = int4_tile(q_ptr, s_ptr, z_ptr, rn, k0 + BLOCK_K, N, K, G, stride_qn,
-                                                        stride_sn, GROUP, BLOCK_K)
-            else:
-                packed, s, z = int4_tile(q_ptr, s_ptr, z_ptr, rn, k0, N, K, G, stride_qn, stride_sn, GROUP, BLOCK_K)
+            rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)                                 # (BK/2,) byte columns
+            packed = tl.load(q_ptr + rn[:, None] * stride_qn + rb[None, :],
+                             mask=(rn[:, None] < N) & (rb[None, :] < K // 2), other=0)   # (BN, BK/2) uint8
+            rg = k0 // GROUP + tl.arange(0, NG)                                       # (NG,)
+            group_mask = (rn[:, None] < N) & (rg[None, :] < G)
+            s = tl.load(s_ptr + rn[:, None] * stride_sn + rg[None, :], mask=group_mask, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + rn[:, None] * stride_sn + rg[None, :], mask=group_mask, other=0).to(tl.float32)
             q = tl.interleave(packed & 0xF, packed >> 4).to(tl.float32)               # (BN, BK), column 2j low nibble
-            s, z = s.to(tl.float32), z.to(tl.float32)                                 # (BN, NG)
+            w = (tl.reshape(q, (BLOCK_N, NG, GROUP)) - z[:, :, None]) * s[:, :, None]   # (BN, NG, g)
             rk = k0 + tl.arange(0, BLOCK_K)                                           # (BK,)
-            if USE_DOT:
-                w = (tl.reshape(q, (BLOCK_N, NG, GROUP)) - z[:, :, None]) * s[:, :, None]   # (BN, NG, g)
-                x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :],
-                            mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)    # (BM, BK)
-                acc += dot(x, tl.trans(tl.reshape(w, (BLOCK_N, BLOCK_K)).to(x.dtype)))      # (BM, BN)
-            else:
-                x = tl.load(x_ptr + pid_m * stride_xm + rk, mask=rk < K, other=0.0).to(tl.float32)   # (BK,)
-                qx = tl.sum(tl.reshape(q * x[None, :], (BLOCK_N, NG, GROUP)), axis=2)           # (BN, NG)
-                xs = tl.sum(tl.reshape(x, (NG, GROUP)), axis=1)                                 # (NG,)
-                acc += tl.sum(s * (qx - z * xs[None, :]), axis=1)                               # (BN,)
-        if USE_DOT:
-            tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty),
-                     mask=(rm[:, None] < M) & (rn[None, :] < N))
-        else:
-            tl.store(out_ptr + pid_m * stride_om + rn, acc.to(out_ptr.dtype.element_ty), mask=rn < N)
+            x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :],
+                        mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)        # (BM, BK)
+            acc += dot(x, tl.trans(tl.reshape(w, (BLOCK_N, BLOCK_K)).to(x.dtype)))    # (BM, BN)
+        tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
-def _configs(use_dot: bool, M: int, group: int = 0) -> list:
-    """Autotuning candidates: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, PREFETCH); BLOCK_K a multiple of
-    the group. The measured kernels (H200) are instruction- and latency-bound rather than memory-bound at
-    one row, so the gemv set spans narrow-and-long to wide-and-short tiles and 2-8 warps, each also with
-    the next tile's loads issued before the current tile's arithmetic (PREFETCH: Triton pipelines only
-    the loads that feed tl.dot, so a plain loop waits on every tile); the tuner picks by measurement."""
-    if not use_dot:
-        shapes = [(1, bn, bk, w, s, False) for bn in (2, 4, 8, 16, 32) for bk in (256, 512, 1024)
-                  for w, s in ((2, 2), (4, 3), (8, 3)) if bn * bk <= 16384]
-        shapes += [(1, bn, bk, w, 1, True) for bn in (2, 4, 8, 16) for bk in (256, 512, 1024)
-                   for w in (4, 8) if bn * bk <= 8192]
-    else:
-        bm = 16 if M <= 16 else 32 if M <= 64 else 64
-        shapes = [(bm, bn, bk, w, s, False) for bn in (16, 32, 64, 128) for bk in (64, 128, 256)
-                  for w, s in ((4, 3), (8, 4)) if bn * bk <= 16384]
-    unique = sorted({(bm, bn, max(bk, group), w, s, p) for bm, bn, bk, w, s, p in shapes})   # whole groups a tile
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "PREFETCH": p}, num_warps=w, num_stages=s)
-            for bm, bn, bk, w, s, p in unique]
+MAGIC_ONE = 0x3F800000          # 1.0f
+MAGIC_INT8 = 0x3FC00000         # 1.0f with bit 22 set: XOR-ed in, it flips the sign bit of a byte at bits 15-22
+
+
+def _gemv_configs(name: str, group: int) -> list:
+    """Autotuning candidates for the gemv kernels: BLOCK_N rows a program (held in every thread, so each
+    loaded x' is used BLOCK_N times) and one or two vectors of 4 words a thread and row in each iteration;
+    one stage, as nothing feeds tl.dot."""
+    out = []
+    for bn in (1, 2, 4, 8):
+        for warps in (2, 4, 8):
+            for reps in (1, 2) if bn < 8 else (1,):                                  # 8 rows x 2 spill registers
+                words = 4 * 32 * warps * reps
+                tile = {"BLOCK_W": words} if name == "int8" else {"BLOCK_G": max(1, words // (group // 8))}
+                out.append(triton.Config({"BLOCK_N": bn, **tile}, num_warps=warps, num_stages=1))
+    return out
+
+
+def _dot_configs(M: int, group: int) -> list:
+    """Autotuning candidates for the dot kernels: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), BLOCK_K a
+    multiple of the group, rows of x padded to BLOCK_M >= 16."""
+    bm = 16 if M <= 16 else 32 if M <= 64 else 64
+    shapes = sorted({(bm, bn, max(bk, group), w, s) for bn in (16, 32, 64, 128) for bk in (64, 128, 256)
+                     for w, s in ((4, 3), (8, 4)) if bn * bk <= 16384})
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s in shapes]
 
 
 _TUNED: dict[tuple, object] = {}
 
 
-def _kernel(name: str, use_dot: bool, M: int, group: int = 0, prefetch: bool = False):
-    """The kernel to launch: fixed small tiles in the interpreter (`prefetch` picks the loop), an autotuned
-    one per M class on a GPU."""
-    kernel = int8_kernel if name == "int8" else int4_kernel
+def _kernel(name: str, gemv: bool, M: int, group: int = 0):
+    """The kernel to launch and the fixed meta-parameters: small tiles in the interpreter, an autotuned
+    kernel (per M class for the dot path) on a GPU."""
+    kernels = {("int8", True): int8_gemv_kernel, ("int4", True): int4_gemv_kernel,
+               ("int8", False): int8_dot_kernel, ("int4", False): int4_dot_kernel}
+    kernel = kernels[name, gemv]
     if INTERPRET:
-        return kernel, {"BLOCK_M": 16 if use_dot else 1, "BLOCK_N": 16, "BLOCK_K": max(32, group), "PREFETCH": prefetch}
-    m_class = 1 if not use_dot else 16 if M <= 16 else 64 if M <= 64 else 1 << 30
-    key = (name, use_dot, m_class, group)
+        if gemv:
+            return kernel, {"BLOCK_N": 2, "BLOCK_W": 16} if name == "int8" else {"BLOCK_N": 2, "BLOCK_G": 2}
+        return kernel, {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": max(32, group)}
+    m_class = 1 if gemv else 16 if M <= 16 else 64 if M <= 64 else 1 << 30
+    key = (name, gemv, m_class, group)
     if key not in _TUNED:
-        _TUNED[key] = triton.autotune(_configs(use_dot, M, group), key=["N", "K"])(kernel)
+        configs = _gemv_configs(name, group) if gemv else _dot_configs(M, group)
+        _TUNED[key] = triton.autotune(configs, key=["N", "KW"] if gemv else ["N", "K"])(kernel)
     return _TUNED[key], {}
 
 
-def int8_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, use_dot: bool | None = None,
-                       prefetch: bool = False) -> torch.Tensor:
-    """x (M, K) float, q (N, K) int8, scale (N,) -> (M, N) in x's dtype. `use_dot` and `prefetch` choose the
-    path in the interpreter (tests); on a GPU the rows choose the path and the autotuner the rest."""
+def tuned_configs() -> dict[str, str]:
+    """The config the autotuner chose for each kernel and shape key so far (for benchmark records)."""
+    return {f"{name} {'gemv' if gemv else 'dot'} M<={m_class} group={group} (N, K)={key[:2]}": str(config)
+            for (name, gemv, m_class, group), tuner in _TUNED.items() for key, config in tuner.cache.items()}
+
+
+def as_words(q: torch.Tensor) -> torch.Tensor | None:
+    """q (N, B) 8-bit as int32 words (N, B/4), or None where its layout does not allow the view."""
+    if q.stride(-1) != 1 or q.shape[-1] % 4 or q.stride(0) % 4 or q.storage_offset() % 4:
+        return None
+    return q.view(torch.int32)
+
+
+def int8_gemv_activations(x: torch.Tensor) -> torch.Tensor:
+    """x (M, K) -> x' (M, 4, K/4) fp32, x'[m, j, w] = x[m, 4w + j] * 2^8 (int8_gemv_kernel)."""
+    M, K = x.shape
+    return (x.float() * 256).view(M, K // 4, 4).transpose(1, 2).contiguous()
+
+
+def int4_gemv_activations(x: torch.Tensor) -> torch.Tensor:
+    """x (M, K) -> x' (M, 8, K/8) fp32, x'[m, i, w] = x[m, 8w + i] * 2^8 (i even) or 2^4 (i odd) (int4_gemv_kernel)."""
+    M, K = x.shape
+    pairs = x.float().view(M, K // 8, 4, 2)
+    scaled = torch.stack((pairs[..., 0] * 256, pairs[..., 1] * 16), dim=-1)                  # (M, K/8, 4, 2)
+    return scaled.view(M, K // 8, 8).transpose(1, 2).contiguous()
+
+
+def int8_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x' (M, 4, KW) from int8_gemv_activations, int8 weight words (N, KW) int32, scale (N,) -> (M, N) in dtype."""
+    M, N, KW = xw.shape[0], words.shape[0], words.shape[1]
+    out = torch.empty(M, N, dtype=dtype, device=xw.device)
+    kernel, fixed = _kernel("int8", True, M)
+
+    def grid(meta):
+        return triton.cdiv(N, meta["BLOCK_N"]), M
+
+    launcher(kernel)[grid](xw, words, scale, out, N, KW, xw.stride(0), words.stride(0), out.stride(0), MAGIC_INT8,
+                           **fixed)
+    return out
+
+
+def int4_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+              dtype: torch.dtype) -> torch.Tensor:
+    """x' (M, 8, KW) from int4_gemv_activations, int4 weight words (N, KW) int32, scale/zero (N, G) -> (M, N)."""
+    M, N, KW = xw.shape[0], words.shape[0], words.shape[1]
+    group = launch_group(group_size)
+    out = torch.empty(M, N, dtype=dtype, device=xw.device)
+    kernel, fixed = _kernel("int4", True, M, group)
+
+    def grid(meta):
+        return triton.cdiv(N, meta["BLOCK_N"]), M
+
+    launcher(kernel)[grid](xw, words, scale, zero, out, N, KW, scale.shape[1], xw.stride(0), words.stride(0),
+                           scale.stride(0), out.stride(0), MAGIC_ONE, GROUP=group, **fixed)
+    return out
+
+
+def uses_gemv(M: int, words: torch.Tensor | None, use_dot: bool | None) -> bool:
+    """The gemv kernel for one row (every row with use_dot=False) where the weight reads as int32 words."""
+    return words is not None and (M == 1 if use_dot is None else not use_dot)
+
+
+def int8_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, use_dot: bool | None = None) -> torch.Tensor:
+    """x (M, K) float, q (N, K) int8, scale (N,) -> (M, N) in x's dtype, by the gemv or the dot kernel."""
     M, K = x.shape
     N = q.shape[0]
-    use_dot = M > 1 if use_dot is None else use_dot
+    words = as_words(q)
+    if uses_gemv(M, words, use_dot):
+        return int8_gemv(int8_gemv_activations(x), words, scale, x.dtype)
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    kernel, fixed = _kernel("int8", use_dot, M, prefetch=prefetch)
+    kernel, fixed = _kernel("int8", False, M)
 
     def grid(meta):
         return triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"])
 
-    launcher(kernel)[grid](x, q, scale, out, M, N, K, x.stride(0), q.stride(0), out.stride(0), USE_DOT=use_dot, **fixed)
+    launcher(kernel)[grid](x, q, scale, out, M, N, K, x.stride(0), q.stride(0), out.stride(0), **fixed)
     return out
 
 
@@ -193,21 +317,23 @@ def launch_group(group_size: int) -> int:
 
 
 def int4_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
-                       use_dot: bool | None = None, prefetch: bool = False) -> torch.Tensor:
-    """x (M, K) float, q (N, K/2) uint8, scale/zero (N, G) -> (M, N) in x's dtype (`use_dot`, `prefetch` as
-    for int8)."""
+                       use_dot: bool | None = None) -> torch.Tensor:
+    """x (M, K) float, q (N, K/2) uint8, scale/zero (N, G) -> (M, N) in x's dtype (paths as for int8; the
+    words need K a multiple of 8)."""
     M, K = x.shape
     N, G = scale.shape
-    use_dot = M > 1 if use_dot is None else use_dot
-    group = launch_group(group_size)
+    words = as_words(q)
+    if uses_gemv(M, words, use_dot):
+        return int4_gemv(int4_gemv_activations(x), words, scale, zero, group_size, x.dtype)
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    kernel, fixed = _kernel("int4", use_dot, M, group, prefetch)
+    group = launch_group(group_size)
+    kernel, fixed = _kernel("int4", False, M, group)
 
     def grid(meta):
         return triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"])
 
-    launcher(kernel)[grid](x, q, scale, zero, out, M, N, K, G, x.stride(0), q.stride(0), scale.stride(0), out.stride(0),
-                 GROUP=group, USE_DOT=use_dot, **fixed)
+    launcher(kernel)[grid](x, q, scale, zero, out, M, N, K, G, x.stride(0), q.stride(0), scale.stride(0),
+                           out.stride(0), GROUP=group, **fixed)
     return out
 
 

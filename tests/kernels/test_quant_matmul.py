@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llamafn.kernels import quant_matmul
-from llamafn.quant.formats import GROUP_SIZES, dequantize, quantize_int4, quantize_int8
+from llamafn.quant.formats import GROUP_SIZES, Int4Weight, Int8Weight, dequantize, pack_int4, quantize_int4, quantize_int8
 from tests.strategies import seeds
 
 pytestmark = pytest.mark.skipif(quant_matmul.triton is None, reason="triton is not installed")
@@ -33,27 +33,58 @@ def inputs(seed: int, m: int, n: int, k: int, dtype: torch.dtype):
 
 
 def paths():
-    """(use_dot, prefetch, rows): the gemv path is for decode's few rows (one program per row: slow in the
-    interpreter), with the plain or the prefetching loop."""
-    return st.booleans().flatmap(lambda dot: st.tuples(st.just(dot), st.booleans(), st.integers(1, 20 if dot else 3)))
+    """(use_dot, rows): the gemv path is for decode's single row (one program a row: slow in the
+    interpreter, so at most 3 here); the dot path for more."""
+    return st.booleans().flatmap(lambda dot: st.tuples(st.just(dot), st.integers(1, 20 if dot else 3)))
 
 
 @given(seeds(), paths(), st.integers(1, 40), st.integers(1, 300), st.sampled_from(DTYPES))
 def test_int8_kernel(seed, path, n, k, dtype):
-    use_dot, prefetch, m = path
+    """K off the tile sizes; a K that is not a whole number of int32 words takes the dot path."""
+    use_dot, m = path
     x, w = inputs(seed, m, n, k, dtype)
     q = quantize_int8(w)
-    check(quant_matmul.int8_matmul_launch(x, q.q, q.scale, use_dot=use_dot, prefetch=prefetch), x, q)
+    check(quant_matmul.int8_matmul_launch(x, q.q, q.scale, use_dot=use_dot), x, q)
 
 
 @given(seeds(), paths(), st.integers(1, 40), st.integers(1, 160).map(lambda h: 2 * h),
        st.sampled_from(GROUP_SIZES), st.sampled_from(DTYPES))
 def test_int4_kernel(seed, path, n, k, group, dtype):
     """Lengths off the tile sizes, partial last groups, a single group (group >= K), 1-row and many-row x."""
-    use_dot, prefetch, m = path
+    use_dot, m = path
     x, w = inputs(seed, m, n, k, dtype)
     q = quantize_int4(w, group)
-    check(quant_matmul.int4_matmul_launch(x, q.q, q.scale, q.zero, q.group_size, use_dot=use_dot, prefetch=prefetch), x, q)
+    check(quant_matmul.int4_matmul_launch(x, q.q, q.scale, q.zero, q.group_size, use_dot=use_dot), x, q)
+
+
+@given(seeds(), st.integers(1, 24).map(lambda h: 8 * h), st.sampled_from(GROUP_SIZES))
+def test_gemv_activations_are_laid_out_by_word(seed, k, group):
+    """x'[i, w] is x[8w + i] (int4; 4w + j for int8) times the power of two the exponent trick needs, and
+    the gemv path runs where the words fit."""
+    x, w = inputs(seed, 2, 3, k, torch.float32)
+    x4, x8 = quant_matmul.int4_gemv_activations(x), quant_matmul.int8_gemv_activations(x)
+    assert x4.shape == (2, 8, k // 8) and x8.shape == (2, 4, k // 4)
+    powers = torch.tensor([256.0, 16.0] * 4)
+    torch.testing.assert_close(x4.transpose(1, 2).reshape(2, k) / powers.repeat(k // 8), x, rtol=0, atol=0)
+    torch.testing.assert_close(x8.transpose(1, 2).reshape(2, k) / 256, x, rtol=0, atol=0)
+    assert quant_matmul.as_words(quantize_int4(w, group).q) is not None
+    assert quant_matmul.as_words(quantize_int4(w, group).q[:, 1:]) is None          # misaligned rows
+
+
+@given(seeds(), st.integers(1, 40), st.integers(1, 40).map(lambda h: 8 * h), st.sampled_from(GROUP_SIZES))
+def test_gemv_extreme_values(seed, n, k, group):
+    """Codes drawn over their whole ranges, ends included (int8 -127 and 127, nibbles and zero points 0 and
+    15), against the reference: the exponent trick must hold at the ends of the ranges."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, k, generator=g).to(DEVICE)
+    G = -(-k // group)
+    q8 = Int8Weight(torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8),
+                    torch.rand(n, generator=g) + 0.1)
+    q4 = Int4Weight(pack_int4(torch.randint(0, 16, (n, k), generator=g)), torch.rand(n, G, generator=g) + 0.1,
+                    (torch.randint(0, 2, (n, G), generator=g) * 15).to(torch.uint8))
+    q8, q4 = (type(q)(*(f.to(DEVICE) for f in q)) for q in (q8, q4))
+    check(quant_matmul.int8_matmul_launch(x, q8.q, q8.scale, use_dot=False), x, q8)
+    check(quant_matmul.int4_matmul_launch(x, q4.q, q4.scale, q4.zero, q4.group_size, use_dot=False), x, q4)
 
 
 def test_launch_group_covers_a_single_group():

@@ -293,7 +293,8 @@ def uses_gemv(M: int, words: torch.Tensor | None, use_dot: bool | None) -> bool:
     return words is not None and (M == 1 if use_dot is None else not use_dot)
 
 
-def int8_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, use_dot: bool | None = None) -> torch.Tensor:
+def int8_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+                       use_dot: bool | None = None) -> torch.Tensor:
     """x (M, K) float, q (N, K) int8, scale (N,) -> (M, N) in x's dtype, by the gemv or the dot kernel."""
     M, K = x.shape
     N = q.shape[0]

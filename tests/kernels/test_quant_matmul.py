@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llamafn.kernels import quant_matmul
-from llamafn.quant.formats import GROUP_SIZES, Int4Weight, Int8Weight, dequantize, pack_int4, quantize_int4, quantize_int8
+from llamafn.quant.formats import (GROUP_SIZES, Int4Weight, Int8Weight, dequantize, pack_int4, quantize_int4,
+                                   quantize_int8)
 from tests.strategies import seeds
 
 pytestmark = pytest.mark.skipif(quant_matmul.triton is None, reason="triton is not installed")

@@ -8,12 +8,13 @@ Two kernels a format, chosen by the launcher from the number of rows M of x:
   (v the byte, or a nibble at 15-18 / 19-22 with 2^-8 / 2^-4), so with the activations pre-scaled by
   the inverse power of two, x' = x 2^8 (or 2^4), f x' = x' + v x exactly, and a word's sum of v x is
   its sum of f x' minus its sum of x'. One shift, one AND-XOR and one FMA a weight; nothing crosses
-  threads until the final sum. In the SASS for sm_90 (int4, 8 rows a program) that is 3.8
-  instructions a weight and no barrier in the loop, against 11.5 and 12 barriers an iteration for the
-  gemv it replaced (I2F conversions, each group reduced across warps). A program holds BLOCK_N rows
-  of the same words in every thread, so each loaded x' can serve several rows; measured on an H100
-  with the weights streamed from HBM, the time hardly depends on it (18.5-23 us for the 7B wqkv over
-  every config but the widest) and the tuner picks 1-2 rows.
+  threads until the final sum. A program holds BLOCK_N rows of the same words in every thread, so each
+  loaded x' can serve several rows. In the SASS for sm_90 (`python scripts/sass_mix.py`) the int4 loop
+  takes 6.2 instructions a weight at one row a program and 3.5 at eight, with no barrier at the one
+  or two rows the tuner picks, against 11.5 and 12-20 barriers an iteration for the gemv it replaced
+  (I2F conversions, each group reduced across warps). Measured on an H100 with the weights streamed
+  from HBM, the time hardly depends on the rows (18.5-23 us for the 7B wqkv over every config but the
+  widest), so the kernel is not bound by instruction issue.
   The activations are laid out by `int8_gemv_activations` / `int4_gemv_activations` (x' of byte or
   nibble i of every word contiguous, so its loads vectorise like the weights'); inside the custom op
   these are torch ops, so inductor fuses them into the producer of x (the RMSNorm or the SwiGLU).

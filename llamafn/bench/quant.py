@@ -87,13 +87,14 @@ def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
         if M == 1:
             xw = quant_matmul.int8_gemv_activations(x)
             paths["triton gemv kernel alone"] = (
-                lambda x, w: quant_matmul.int8_gemv(xw, w.q.view(torch.int32), w.scale, x.dtype), copies)
+                lambda x, w: quant_matmul.int8_gemv(xw, quant_matmul.as_words(w.q), w.scale, x.dtype), copies)
     else:
         paths = {"triton": (lambda x, w: torch.ops.llamafn.int4_matmul(x, w.q, w.scale, w.zero, w.group_size), copies)}
         if M == 1:
             xw = quant_matmul.int4_gemv_activations(x)
             paths["triton gemv kernel alone"] = (
-                lambda x, w: quant_matmul.int4_gemv(xw, w.q.view(torch.int32), w.scale, w.zero, w.group_size, x.dtype),
+                lambda x, w: quant_matmul.int4_gemv(xw, quant_matmul.as_words(w.q), w.scale, w.zero, w.group_size,
+                                                  x.dtype),
                 copies)
         if M <= 64 and hasattr(torch, "_weight_int4pack_mm"):
             group = copies[0].group_size

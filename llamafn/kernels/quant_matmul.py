@@ -259,17 +259,23 @@ def int4_gemv_activations(x: torch.Tensor) -> torch.Tensor:
     return scaled.view(M, K // 8, 8).transpose(1, 2).contiguous()
 
 
+def gemv_grid(N: int, M: int):
+    """Programs of the gemv kernels: BLOCK_N weight rows by one row of x each."""
+    return lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), M)
+
+
+def dot_grid(N: int, M: int):
+    """Programs of the dot kernels: BLOCK_N weight rows by BLOCK_M rows of x each."""
+    return lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]))
+
+
 def int8_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """x' (M, 4, KW) from int8_gemv_activations, int8 weight words (N, KW) int32, scale (N,) -> (M, N) in dtype."""
     M, N, KW = xw.shape[0], words.shape[0], words.shape[1]
     out = torch.empty(M, N, dtype=dtype, device=xw.device)
     kernel, fixed = _kernel("int8", True, M)
-
-    def grid(meta):
-        return triton.cdiv(N, meta["BLOCK_N"]), M
-
-    launcher(kernel)[grid](xw, words, scale, out, N, KW, xw.stride(0), words.stride(0), out.stride(0), MAGIC_INT8,
-                           **fixed)
+    launcher(kernel)[gemv_grid(N, M)](xw, words, scale, out, N, KW, xw.stride(0), words.stride(0), out.stride(0),
+                                      MAGIC_INT8, **fixed)
     return out
 
 
@@ -280,12 +286,8 @@ def int4_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: 
     group = launch_group(group_size)
     out = torch.empty(M, N, dtype=dtype, device=xw.device)
     kernel, fixed = _kernel("int4", True, M, group)
-
-    def grid(meta):
-        return triton.cdiv(N, meta["BLOCK_N"]), M
-
-    launcher(kernel)[grid](xw, words, scale, zero, out, N, KW, scale.shape[1], xw.stride(0), words.stride(0),
-                           scale.stride(0), out.stride(0), MAGIC_ONE, GROUP=group, **fixed)
+    launcher(kernel)[gemv_grid(N, M)](xw, words, scale, zero, out, N, KW, scale.shape[1], xw.stride(0),
+                                      words.stride(0), scale.stride(0), out.stride(0), MAGIC_ONE, GROUP=group, **fixed)
     return out
 
 
@@ -304,11 +306,7 @@ def int8_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
         return int8_gemv(int8_gemv_activations(x), words, scale, x.dtype)
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     kernel, fixed = _kernel("int8", False, M)
-
-    def grid(meta):
-        return triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"])
-
-    launcher(kernel)[grid](x, q, scale, out, M, N, K, x.stride(0), q.stride(0), out.stride(0), **fixed)
+    launcher(kernel)[dot_grid(N, M)](x, q, scale, out, M, N, K, x.stride(0), q.stride(0), out.stride(0), **fixed)
     return out
 
 
@@ -330,12 +328,8 @@ def int4_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, ze
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     group = launch_group(group_size)
     kernel, fixed = _kernel("int4", False, M, group)
-
-    def grid(meta):
-        return triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"])
-
-    launcher(kernel)[grid](x, q, scale, zero, out, M, N, K, G, x.stride(0), q.stride(0), scale.stride(0),
-                           out.stride(0), GROUP=group, **fixed)
+    launcher(kernel)[dot_grid(N, M)](x, q, scale, zero, out, M, N, K, G, x.stride(0), q.stride(0), scale.stride(0),
+                                     out.stride(0), GROUP=group, **fixed)
     return out
 
 

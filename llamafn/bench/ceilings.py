@@ -34,6 +34,37 @@ def median_cuda_time(fn: Callable[[], object], repeat: int = 10) -> float:
     return sorted(cuda_time(fn, repeat=repeat) for _ in range(3))[1]
 
 
+def graphed(fn: Callable[[], object]) -> Callable[[], None]:
+    """fn captured in a CUDA graph (after a warm-up on a side stream); returns the replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+L2_DEFEAT_BYTES = 512 << 20
+
+
+def copies_past_l2(bytes_per_call: int, most: int = 64) -> int:
+    """How many distinct input sets a timing cycles through so that together they are L2_DEFEAT_BYTES
+    (ten times an H100's L2) and no call reads what the one before left in the cache."""
+    return max(1, min(most, -(-L2_DEFEAT_BYTES // bytes_per_call)))
+
+
+def time_in_graph(calls: list[Callable[[], object]]) -> float:
+    """Seconds per call of `calls` captured back to back in one CUDA graph and replayed (median of 3):
+    kernels run as they do inside a compiled step, without a graph launch or host cost between them."""
+    def run():
+        for call in calls:
+            call()
+    return median_cuda_time(graphed(run), repeat=3) / len(calls)
+
+
 def wall_time(fn: Callable[[], object]) -> tuple[object, float]:
     """(fn(), seconds) with the device synchronised on both sides (for work that syncs with the host)."""
     torch.cuda.synchronize()

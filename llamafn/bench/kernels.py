@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -32,9 +33,8 @@ from .. import cache as kv
 from ..config import preset
 from ..kernels import get
 from ..model.rope import rope_angles
-from .ceilings import measure, median_cuda_time, write_results
+from .ceilings import copies_past_l2, graphed, measure, median_cuda_time, time_in_graph, write_results
 from .decode import log
-from .verify import graphed
 
 SDPA_BACKENDS = {"sdpa flash": SDPBackend.FLASH_ATTENTION, "sdpa cuDNN": SDPBackend.CUDNN_ATTENTION,
                  "sdpa memory-efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -91,60 +91,83 @@ def first(out: torch.Tensor | tuple) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out[0]
 
 
+def rotation(make_inputs, bytes_per_call: int, calls: int = 8) -> list:
+    """Input sets for back-to-back calls in one graph: enough distinct sets that no call finds its
+    inputs in L2 (`copies_past_l2`), cycled to at least `calls` calls."""
+    sets = [make_inputs() for _ in range(copies_past_l2(bytes_per_call))]
+    return [sets[i % len(sets)] for i in range(max(calls, len(sets)))]
+
+
 def decode_rows(contexts: list[int], head_configs: list[tuple[int, int]], copy_GBps: float) -> list[dict]:
+    """Decode attention over K/V of `context` positions, timed back to back in one CUDA graph as inside a
+    compiled decode step, each call on K/V not left in L2 by the call before."""
     rows = []
     for H, Hkv in head_configs:
         for S in contexts:
-            q = torch.randn(1, H, 1, 128, device="cuda", dtype=torch.bfloat16)
-            k, v = (torch.randn(1, Hkv, S, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-            pos = torch.full((1, 1), S - 1, device="cuda")
             kv_bytes = 2 * Hkv * S * 128 * 2
+
+            def inputs():
+                return (torch.randn(1, H, 1, 128, device="cuda", dtype=torch.bfloat16),
+                        *(torch.randn(1, Hkv, S, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2)))
+            sets = rotation(inputs, kv_bytes)
+            q, k, v = sets[0]
+            pos = torch.full((1, 1), S - 1, device="cuda")
             reference = get("attention", "grouped")(q.float(), k.float(), v.float(), pos)
             for name in ("triton", "sdpa"):
                 attend = get("attention", name)
                 err = max_abs_diff(attend(q, k, v, pos), reference)
-                replay = graphed(lambda: attend(q, k, v, pos))                   # launch cost out, as in a decode step
-                t = median_cuda_time(replay, repeat=20)
+                t = time_in_graph([lambda qkv=qkv: attend(*qkv, pos) for qkv in sets])
                 gbps = kv_bytes / t / 1e9
                 rows.append({"heads": H, "kv_heads": Hkv, "context": S, "path": f"{name} decode", "us": round(t * 1e6, 1),
                              "KV_GBps": round(gbps, 1), "copy_fraction": round(gbps / copy_GBps, 3),
-                             "max_abs_diff_vs_fp32": err})
+                             "calls_per_graph": len(sets), "max_abs_diff_vs_fp32": err})
                 log(rows[-1])
+            del sets, q, k, v
+            torch.cuda.empty_cache()
     return rows
 
 
 def fused_rows(rows: list[int], cfg, copy_GBps: float) -> list[dict]:
     """Each fused kernel against its eager reference and the reference compiled by inductor (what the
-    compiled decode step would otherwise run), as bytes moved per second (graph replays)."""
+    compiled decode step would otherwise run), as bytes moved per second (back to back in one graph,
+    on input sets that do not fit in L2 together)."""
     out = []
-    cfg_dim, hidden = cfg.dim, cfg.hidden_dim
+    dim, hidden = cfg.dim, cfg.hidden_dim
     for M in rows:
-        x, delta = (torch.randn(M, cfg_dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-        w = torch.randn(cfg_dim, device="cuda", dtype=torch.bfloat16)
-        gate_up = torch.randn(M, 2 * hidden, device="cuda", dtype=torch.bfloat16)
-        cases = {
-            "add_rms_norm": (lambda f: f(x, delta, w, 1e-5), 5 * M * cfg_dim * 2 + cfg_dim * 2),
-            "swiglu": (lambda f: f(*gate_up.chunk(2, dim=-1)), 3 * M * hidden * 2),
-        }
         B, T = (M, 1) if M <= 32 else (1, M)                                   # decode rows or one prefill
-        q, k, v = (torch.randn(B, T, 32, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        cos, sin = rope_angles(torch.arange(T, device="cuda").expand(B, T), cfg)
-        cache = kv.init_cache(cfg, B, T, dtype=torch.bfloat16, device="cuda")
-        pos = torch.arange(T, device="cuda").expand(B, T)
-        cases["rope_write"] = (lambda f: f(q, k, v, cos, sin, cache, 0, pos),
-                               6 * M * cfg_dim * 2 + 2 * cos.numel() * 4)      # q, k, v in; q, k, v out; the angles
-        for op, (call, n_bytes) in cases.items():
+
+        def norm_inputs():
+            return (*(torch.randn(M, dim, device="cuda", dtype=torch.bfloat16) for _ in range(2)),
+                    torch.randn(dim, device="cuda", dtype=torch.bfloat16), 1e-5)
+
+        def swiglu_inputs():
+            return torch.randn(M, 2 * hidden, device="cuda", dtype=torch.bfloat16).chunk(2, dim=-1)
+
+        def rope_inputs():
+            cos, sin = rope_angles(torch.arange(T, device="cuda").expand(B, T), cfg)
+            cache = kv.init_cache(replace(cfg, n_layers=1), B, T, dtype=torch.bfloat16, device="cuda")
+            q, k, v = (torch.randn(B, T, heads, cfg.head_dim, device="cuda", dtype=torch.bfloat16)
+                       for heads in (cfg.n_heads, cfg.n_kv_heads, cfg.n_kv_heads))
+            return q, k, v, cos, sin, cache, 0, torch.arange(T, device="cuda").expand(B, T)
+
+        cases = {"add_rms_norm": (norm_inputs, 5 * M * dim * 2 + dim * 2),
+                 "swiglu": (swiglu_inputs, 3 * M * hidden * 2),
+                 "rope_write": (rope_inputs, 2 * M * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim * 2
+                                + 2 * M * cfg.head_dim // 2 * 4)}                # q, k, v in and out; the angles
+        for op, (make_inputs, n_bytes) in cases.items():
+            sets = rotation(make_inputs, n_bytes)
             reference = get(op, "reference")
-            expected = first(call(reference)).clone()                          # rope_write: q rotated
+            expected = first(reference(*sets[0])).clone()                      # rope_write: q rotated
             for path, fn in (("triton", get(op, "triton")), ("inductor (compiled reference)", torch.compile(reference)),
                              ("eager reference", reference)):
-                err = max_abs_diff(first(call(fn)), expected)
-                replay = graphed(lambda fn=fn: call(fn))
-                t = median_cuda_time(replay, repeat=20)
+                err = max_abs_diff(first(fn(*sets[0])), expected)
+                t = time_in_graph([lambda fn=fn, a=a: fn(*a) for a in sets])
                 gbps = n_bytes / t / 1e9
                 out.append({"op": op, "rows": M, "path": path, "us": round(t * 1e6, 2), "GBps": round(gbps, 1),
-                            "copy_fraction": round(gbps / copy_GBps, 3), "max_abs_diff_vs_eager": err})
+                            "copy_fraction": round(gbps / copy_GBps, 3), "calls_per_graph": len(sets),
+                            "max_abs_diff_vs_eager": err})
                 log(out[-1])
+            del sets
     return out
 
 

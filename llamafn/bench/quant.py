@@ -26,27 +26,14 @@ from ..model import forward
 from ..params import fuse, init_params, nbytes
 from ..quant import dequantize, quantize
 from ..quant.formats import quantize_weight
-from .ceilings import measure, median_cuda_time, write_results
+from .ceilings import copies_past_l2, measure, time_in_graph, write_results
 from .decode import compiled_decode, log, profile_step
-from .verify import graphed
-
-L2_DEFEAT_BYTES = 512 << 20
 
 
 def parse_scheme(name: str) -> tuple[str, int]:
     """'int4-g32' -> ('int4', 32); 'int8' -> ('int8', 0); 'bf16' -> ('bf16', 0)."""
     scheme, _, group = name.partition("-g")
     return scheme, int(group or 0)
-
-
-def time_rotating(fn, weights: list, x: torch.Tensor) -> float:
-    """Seconds per call of fn(x, w) on the GPU, cycling through `weights`, replayed as one CUDA graph
-    (so host-side launch cost is out, as in the compiled decode step; median of 3)."""
-    def run():
-        for w in weights:
-            fn(x, w)
-    replay = graphed(run)
-    return median_cuda_time(replay, repeat=3) / len(weights)
 
 
 def weight_bytes(w) -> int:
@@ -116,7 +103,7 @@ def kernel_rows(cfg, rows: list[int], schemes: list[str], copy_GBps: float) -> l
         for s in schemes:
             scheme, group = parse_scheme(s)
             w = dense if scheme == "bf16" else quantize_weight(dense, scheme, group or 128)
-            n_copies = max(1, -(-L2_DEFEAT_BYTES // weight_bytes(w)))
+            n_copies = copies_past_l2(weight_bytes(w))
             variants[s] = (w, [w] + [type(w)(*(f.clone() for f in w)) if isinstance(w, tuple) else w.clone()
                                      for _ in range(n_copies - 1)])
         for M in rows:
@@ -124,7 +111,7 @@ def kernel_rows(cfg, rows: list[int], schemes: list[str], copy_GBps: float) -> l
             for s, (w, copies) in variants.items():
                 for path, (fn, prepared) in kernel_paths(s, x, copies).items():
                     err = relative_error(fn(x, prepared[0]), x, w)
-                    t = time_rotating(fn, prepared, x)
+                    t = time_in_graph([lambda w=w: fn(x, w) for w in prepared])
                     gbps = weight_bytes(w) / t / 1e9
                     out.append({"layer": name, "N": N, "K": K, "M": M, "weights": s, "path": path,
                                 "us": round(t * 1e6, 1), "weight_GBps": round(gbps, 1),
@@ -162,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kernel-rows", default="1,8,32,512", help="row counts M for the kernel table")
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--parts", default="kernels,quality,decode")
+    ap.add_argument("--attention", default="sdpa", help="the kernel set of the decode part (sdpa or triton: "
+                    "flash attention with the fused add + norm, SwiGLU and RoPE + cache write)")
     ap.add_argument("--profile", action="store_true", help="add the top kernels of each scheme's batch-1 step")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
@@ -192,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             p = params if scheme == "bf16" else quantize(params, scheme, group_size=group or 128)
             for batch in map(int, args.batch_sizes.split(",")):
                 try:
-                    r = compiled_decode(p, cfg, batch, 5, args.new_tokens, "sdpa", results["ceilings"])
+                    r = compiled_decode(p, cfg, batch, 5, args.new_tokens, args.attention, results["ceilings"])
                     if args.profile and batch == 1:                    # reuses the graphs just compiled
-                        r["profile"] = profile_step(p, cfg, "sdpa")
+                        r["profile"] = profile_step(p, cfg, args.attention)
                 except Exception as e:                                   # keep the run going: one row says what failed
                     r = {"batch": batch, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
                 r.update(weights=s, weight_GB=round(nbytes(p) / 1e9, 3))

@@ -21,20 +21,7 @@ from .. import cache as kv
 from ..config import preset
 from ..model import forward
 from ..params import fuse, init_params
-from .ceilings import measure, median_cuda_time, write_results
-
-
-def graphed(fn):
-    """fn captured in a CUDA graph (after a warm-up on a side stream); returns the replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+from .ceilings import graphed, measure, median_cuda_time, write_results
 
 
 def forward_time(params, cfg, batch: int, n_tokens: int, context: int) -> float:

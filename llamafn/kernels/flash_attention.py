@@ -133,35 +133,37 @@ if triton is not None:
             acc = acc * alpha[:, None] + dot(p.to(v.dtype), v)
             m_i = m_new
         base = (pid_bk * n_splits + split) * BLOCK_M + rr                             # (BM,) scratch rows
-        tl.store(PART_O + base[:, None] * BLOCK_D + rd[None, :], acc)
-        tl.store(PART_ML + base * 2, m_i)
-        tl.store(PART_ML + base * 2 + 1, l_i)
+        tl.store(PART_O + base[:, None] * BLOCK_D + rd[None, :], acc, mask=row_ok[:, None])   # padding rows unread
+        tl.store(PART_ML + base * 2, m_i, mask=row_ok)
+        tl.store(PART_ML + base * 2 + 1, l_i, mask=row_ok)
 
     @triton.jit
     def flash_decode_merge_kernel(PART_O, PART_ML, O, T, Hkv, GROUP, N_SPLITS, D, sob, soh, sot,
                                   BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
-        """Merge the splits' (acc, max, sum) of one query row, BLOCK_S splits a step:
-        out = sum_i e^(m_i - m) acc_i / sum_i e^(m_i - m) l_i."""
+        """Merge the splits' (acc, max, sum) of one query row, out = sum_i e^(m_i - m) acc_i / sum_i e^(m_i - m) l_i,
+        in one pass: BLOCK_S splits' partials are loaded together and folded into running statistics (one
+        round trip to memory when every split fits in one step)."""
         pid_bk, r = tl.program_id(0), tl.program_id(1)                                # r = (head in group) * T + t
         b, hk = pid_bk // Hkv, pid_bk % Hkv
         rs = tl.arange(0, BLOCK_S)
         rd = tl.arange(0, BLOCK_D)
-        m_run = tl.full((BLOCK_S,), float("-inf"), dtype=tl.float32)
-        for i0 in range(0, N_SPLITS, BLOCK_S):
-            rows = (pid_bk * N_SPLITS + i0 + rs) * BLOCK_M + r                        # (BS,) scratch rows
-            m_run = tl.maximum(m_run, tl.load(PART_ML + rows * 2, mask=i0 + rs < N_SPLITS, other=float("-inf")))
-        m = tl.max(m_run, axis=0)
-        m_safe = tl.where(m == float("-inf"), 0.0, m)
-        l_run = tl.zeros((BLOCK_S,), dtype=tl.float32)
-        acc = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float32)
+        m_run = tl.full([], float("-inf"), dtype=tl.float32)
+        l_run = tl.zeros([], dtype=tl.float32)
+        acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         for i0 in range(0, N_SPLITS, BLOCK_S):
             ok = i0 + rs < N_SPLITS
-            rows = (pid_bk * N_SPLITS + i0 + rs) * BLOCK_M + r
-            w = tl.exp2(tl.load(PART_ML + rows * 2, mask=ok, other=float("-inf")) - m_safe)   # (BS,) 0 for empty splits
-            l_run += w * tl.load(PART_ML + rows * 2 + 1, mask=ok, other=0.0)
-            acc += w[:, None] * tl.load(PART_O + rows[:, None] * BLOCK_D + rd[None, :], mask=ok[:, None], other=0.0)
-        l = tl.sum(l_run, axis=0)
-        out = tl.sum(acc, axis=0) / tl.where(l == 0.0, 1.0, l)                        # (BD,)
+            rows = (pid_bk * N_SPLITS + i0 + rs) * BLOCK_M + r                        # (BS,) scratch rows
+            m_i = tl.load(PART_ML + rows * 2, mask=ok, other=float("-inf"))           # (BS,)
+            l_i = tl.load(PART_ML + rows * 2 + 1, mask=ok, other=0.0)
+            o_i = tl.load(PART_O + rows[:, None] * BLOCK_D + rd[None, :], mask=ok[:, None], other=0.0)  # (BS, BD)
+            m_new = tl.maximum(m_run, tl.max(m_i, axis=0))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            w = tl.exp2(m_i - m_safe)                                                 # (BS,) 0 for empty splits
+            alpha = tl.exp2(m_run - m_safe)
+            l_run = l_run * alpha + tl.sum(w * l_i, axis=0)
+            acc = acc * alpha + tl.sum(w[:, None] * o_i, axis=0)
+            m_run = m_new
+        out = acc / tl.where(l_run == 0.0, 1.0, l_run)                                # (BD,)
         g, t = r // T, r % T
         tl.store(O + b * sob + (hk * GROUP + g) * soh + t * sot + rd, out.to(O.dtype.element_ty), mask=rd < D)
 
@@ -214,11 +216,18 @@ def decode_tuned():
     return triton.autotune(configs, key=["S", "T", "GROUP", "D"])(flash_decode_kernel)
 
 
-def decode_splits(batch: int, n_kv_heads: int, n_keys: int, block_n: int) -> int:
-    """Splits of the key axis: enough programs for ~2 waves on a large GPU, each at least one tile
-    (at most 2 in the interpreter, where every program costs milliseconds)."""
-    waves = 2 if INTERPRET else 264
+def decode_splits(batch: int, n_kv_heads: int, n_keys: int, block_n: int, n_sms: int) -> int:
+    """Splits of the key axis: about one program an SM over all (row, KV head) pairs, each split at
+    least one tile (at most 2 in the interpreter, where every program costs milliseconds). On an H100
+    one wave measured as fast as two or four and ahead of half a wave or eight (the merge also
+    grows with the split count)."""
+    waves = 2 if INTERPRET else n_sms
     return max(1, min(triton.cdiv(n_keys, block_n), triton.cdiv(waves, batch * n_kv_heads)))
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
@@ -229,7 +238,7 @@ def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: 
     Hkv, S = k.shape[1], k.shape[2]
     group = H // Hkv
     BLOCK_M, BLOCK_N, BLOCK_D = max(16, 1 << (group * T - 1).bit_length()), 64, block_d(D)
-    n_splits = decode_splits(B, Hkv, S, BLOCK_N)
+    n_splits = decode_splits(B, Hkv, S, BLOCK_N, sm_count(q.device))
     chunk = triton.cdiv(triton.cdiv(S, n_splits), BLOCK_N) * BLOCK_N
     part_o = torch.empty(B * Hkv * n_splits * BLOCK_M, BLOCK_D, dtype=torch.float32, device=q.device)
     part_ml = torch.empty(B * Hkv * n_splits * BLOCK_M, 2, dtype=torch.float32, device=q.device)

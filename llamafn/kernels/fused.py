@@ -10,7 +10,8 @@
   layout attention reads); the reference applies RoPE, transposes and scatters in separate ops. A
   program takes one token and four heads, each head read and written as a contiguous (pairs, 2) tile
   and split into the pairs' halves in registers (one head a program with stride-2 loads measured
-  1.7-2.8x slower at 1, 8 and 2048 rows, though 1.3x faster at 32).
+  1.7-2.8x slower at 1, 8 and 2048 rows, though 1.3x faster at 32). Past decode sizes a program runs
+  two warps, so each thread moves 16 bytes at a time.
 
 The eager references (llamafn.model.norm, llamafn.model.ffn) are the "reference" backends; a name
 with no backend of its own for an op falls back to the reference (llamafn.kernels.registry.get_or_reference).
@@ -131,14 +132,15 @@ def rope_write_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: to
     Hkv = k.shape[2]
     q_out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
     cos, sin = cos.contiguous(), sin.contiguous()
-    BLOCK_H = 4
+    BLOCK_H = 4     # heads a program, with 2 warps past decode sizes (16-byte accesses a thread): the best of
+                    # 1-32 heads x 1-8 warps on an H100 at 2048 rows (4 warps were ahead at 1-32 rows)
     launcher(rope_write_kernel)[(B * T, triton.cdiv(H, BLOCK_H) + triton.cdiv(Hkv, BLOCK_H))](
         q, k, v, cos, sin, pos, q_out, cache_k, cache_v, T, H, Hkv,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), cos.stride(0), cos.stride(1), pos.stride(0),
         q_out.stride(0), q_out.stride(1), q_out.stride(2), cache_k.stride(0), cache_k.stride(1), cache_k.stride(2),
         cache_v.stride(0), cache_v.stride(1), cache_v.stride(2), HALF=D // 2, BLOCK=max(16, 1 << (D // 2 - 1).bit_length()),
-        BLOCK_H=BLOCK_H)
+        BLOCK_H=BLOCK_H, **({} if INTERPRET else {"num_warps": 4 if B * T <= 64 else 2}))
     return q_out
 
 

@@ -70,6 +70,16 @@ def test_the_prefill_kernel_with_positions_equals_flash_decoding(seed, shape, dt
     close(fa.flash_decode_launch(q, k, v, pos), q, k, v, pos)
 
 
+@pytest.mark.parametrize("n_splits", [3, 70])
+def test_the_merge_of_many_splits_some_empty(monkeypatch, n_splits):
+    """More splits than the merge loads in one step (70 > 64, a 64-key tile each), every split visible
+    to the first row and all but the first empty for the second (max -inf, sum 0)."""
+    monkeypatch.setattr(fa, "decode_splits", lambda *_: n_splits)
+    q, k, v = tensors(0, 2, 4, 2, 1, 64 * 70, 16, torch.float32)
+    pos = torch.tensor([[64 * 70 - 1], [40]], device=DEVICE)
+    close(fa.flash_decode_launch(q, k, v, pos), q, k, v, pos)
+
+
 @given(seeds(), st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1, max_size=4),
        st.sampled_from([(2, 1), (4, 2), (4, 4)]), st.sampled_from([16, 64]), st.booleans())
 def test_varlen_packed_batches(seed, lens, heads, D, causal):

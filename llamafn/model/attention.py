@@ -88,19 +88,21 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: 
 
 def attention(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None, layer: int, *,
               cfg: ModelConfig, backend: str = "sdpa",
-              angles: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, KVCache | None]:
+              rope: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, KVCache | None]:
     """p: `wq.weight wk.weight wv.weight` (or fused `wqkv.weight`) and `wo.weight`; x (B, T, dim) ->
     (y (B, T, dim), cache).
 
     Positions come from `cache.lengths` (0..T-1 without a cache). With a cache, this layer's new keys
     and values are written in place (the cache is donated, see llamafn.cache) and attention runs over
-    the whole preallocated length, masked by position. `angles` are the RoPE (cos, sin) of those
-    positions (`rope_angles`), which every layer of a forward shares: computed here when not given.
+    the whole preallocated length, masked by position. `rope` is (positions, cos, sin) as
+    `step_positions` gives them, which every layer of a forward shares: computed here when not given.
     """
     B, T, _ = x.shape
     H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    pos = kv.positions(cache, B, T, x.device)                             # (B, T)
-    cos, sin = angles if angles is not None else rope_angles(pos, cfg)    # (B, T, D/2) each
+    if rope is None:
+        pos = kv.positions(cache, B, T, x.device)                         # (B, T)
+        rope = (pos, *rope_angles(pos, cfg))
+    pos, cos, sin = rope                                                  # (B, T); (B, T, D/2) each
     if "wqkv.weight" in p:
         q, k, v = linear(x, p["wqkv.weight"]).split([H * D, Hkv * D, Hkv * D], dim=-1)
     else:

@@ -15,6 +15,7 @@ import math
 import torch
 
 from ..config import ModelConfig
+from ..kernels.registry import register
 
 
 def inv_frequencies(cfg: ModelConfig, device: torch.device | str | None = None) -> torch.Tensor:
@@ -35,8 +36,21 @@ def inv_frequencies(cfg: ModelConfig, device: torch.device | str | None = None) 
 
 def rope_angles(positions: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """positions (B, T) int -> (cos, sin), each (B, T, head_dim/2) float32."""
-    angles = positions.float()[..., None] * inv_frequencies(cfg, positions.device)  # (B, T, D/2)
+    return angles_of(positions, inv_frequencies(cfg, positions.device))
+
+
+def angles_of(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    angles = positions.float()[..., None] * inv_freq                        # (B, T, D/2)
     return torch.cos(angles), torch.sin(angles)
+
+
+@register("step_positions", "reference")
+def step_positions(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The positions (B, T) of a forward's tokens and their (cos, sin) (B, T, D/2), computed once and
+    read by every layer. The reference returns the positions as they are; the "triton" backend passes
+    them through its kernel too, because under inductor a value computed by plain ops and fed to
+    several custom ops is recomputed, by its own small kernel, for each of them."""
+    return (positions, *angles_of(positions, inv_freq))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -85,3 +85,22 @@ def test_rope_write_into_an_int8_cache_is_the_reference_write():
     q_ref, ref = get("rope_write", "reference")(q, k, v, cos, sin, caches[0], 0, pos)
     q_out, out = get("rope_write", "triton")(q, k, v, cos, sin, caches[1], 0, pos)
     assert torch.equal(q_out, q_ref) and all(torch.equal(a, b) for a, b in zip(lf.cache.tensors(out), lf.cache.tensors(ref)))
+
+
+@given(st.integers(1, 3), st.integers(1, 5), st.sampled_from([4, 64, 128]), st.integers(0, 200_000),
+       st.sampled_from([1e4, 5e5]))
+def test_step_positions_kernel_gives_the_reference_angles(b, t, d, start, theta):
+    """Positions copied through and cos/sin within an fp32 rounding of torch's, out to 200k positions
+    (full-range argument reduction: angles up to 2e5 radians)."""
+    import llamafn as lf
+    from llamafn.model.rope import inv_frequencies
+
+    cfg = lf.ModelConfig(dim=2 * d, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=8, hidden_dim=8, rope_theta=theta)
+    pos = (start + torch.arange(b * t, device=DEVICE)).view(b, t)
+    inv_freq = inv_frequencies(cfg, DEVICE)
+    expected = get("step_positions", "reference")(pos, inv_freq)
+    got = get("step_positions", "triton")(pos, inv_freq)
+    assert torch.equal(got[0], pos) and got[0].dtype == pos.dtype
+    for out, ref in zip(got[1:], expected[1:]):
+        assert out.shape == ref.shape == (b, t, d // 2) and out.dtype == torch.float32
+        torch.testing.assert_close(out, ref, atol=2e-6, rtol=0)

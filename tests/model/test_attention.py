@@ -8,7 +8,7 @@ from llamafn.kernels import backends, get
 from llamafn.model import attention
 from llamafn.params import init_params, layer_params
 from llamafn.model.block import subtree
-from llamafn.model.rope import rope_angles
+from llamafn.model.rope import inv_frequencies, step_positions
 from tests.strategies import configs, seeds
 
 
@@ -83,16 +83,17 @@ def test_mqa_single_kv_head_runs():
 
 
 @given(configs(max_layers=1), seeds(), st.integers(0, 5), st.integers(1, 4))
-def test_given_rope_angles_are_the_ones_it_would_compute(cfg, seed, start, T):
-    """`angles` (shared by every layer of a forward) give what attention computes from the cache's positions."""
+def test_given_rope_positions_are_the_ones_it_would_compute(cfg, seed, start, T):
+    """`rope` (positions and angles shared by every layer of a forward) gives what attention computes
+    from the cache's lengths."""
     params = init_params(cfg, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     p = subtree(layer_params(params, 0), "attention.")
     x = torch.randn(2, T, cfg.dim, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
     cache = init_cache(cfg, 2, 16, dtype=torch.float64)
     cache = cache._replace(lengths=torch.tensor([start, start + 1]))
-    angles = rope_angles(positions(cache, 2, T, x.device), cfg)
-    given_angles, cache_a = attention(p, x, cache, 0, cfg=cfg, angles=angles)
-    y_a, k_a = given_angles.clone(), cache_a.k[0].clone()
+    rope = step_positions(positions(cache, 2, T, x.device), inv_frequencies(cfg))
+    given, cache_a = attention(p, x, cache, 0, cfg=cfg, rope=rope)
+    y_a, k_a = given.clone(), cache_a.k[0].clone()
     computed, cache_b = attention(p, x, cache, 0, cfg=cfg)
     torch.testing.assert_close(y_a, computed, rtol=0, atol=0)
     torch.testing.assert_close(k_a, cache_b.k[0], rtol=0, atol=0)

@@ -19,6 +19,21 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def first_config_only_on_a_gpu():
+    """On a GPU each new (N, K) a test draws would autotune over every config (minutes across a Hypothesis
+    run); here each kernel takes its first config, and test_every_gemv_config checks all of them."""
+    if DEVICE != "cuda":
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        gemv, dot = quant_matmul._gemv_configs, quant_matmul._dot_configs
+        mp.setattr(quant_matmul, "_gemv_configs", lambda name, group: gemv(name, group)[:1])
+        mp.setattr(quant_matmul, "_dot_configs", lambda M, group: dot(M, group)[:1])
+        mp.setattr(quant_matmul, "_TUNED", {})
+        yield
+
+
 def check(out: torch.Tensor, x: torch.Tensor, w) -> None:
     reference = x.float() @ dequantize(w, torch.float32).T                        # (M, N)
     assert out.shape == reference.shape and out.dtype == x.dtype
@@ -86,6 +101,31 @@ def test_gemv_extreme_values(seed, n, k, group):
     q8, q4 = (type(q)(*(f.to(DEVICE) for f in q)) for q in (q8, q4))
     check(quant_matmul.int8_matmul_launch(x, q8.q, q8.scale, use_dot=False), x, q8)
     check(quant_matmul.int4_matmul_launch(x, q4.q, q4.scale, q4.zero, q4.group_size, use_dot=False), x, q4)
+
+
+@pytest.mark.parametrize("name", ["int8", "int4"])
+def test_every_gemv_config(name):
+    """Every autotuning candidate of the gemv kernels, launched directly, on rows and words off its tile
+    (the tuner may pick any of them on a GPU)."""
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    x, w = inputs(0, 1, 13, 1000, dtype)
+    q = quantize_int8(w) if name == "int8" else quantize_int4(w, 128)
+    words = quant_matmul.as_words(q.q)
+    N, KW = words.shape
+    for config in quant_matmul._gemv_configs(name, 128):
+        out = torch.empty(1, N, dtype=dtype, device=DEVICE)
+        launch = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+        if name == "int8":
+            xw = quant_matmul.int8_gemv_activations(x)
+            quant_matmul.int8_gemv_kernel[quant_matmul.gemv_grid(N, 1)](
+                xw, words, q.scale, out, N, KW, xw.stride(0), words.stride(0), out.stride(0), quant_matmul.MAGIC_INT8,
+                **launch)
+        else:
+            xw = quant_matmul.int4_gemv_activations(x)
+            quant_matmul.int4_gemv_kernel[quant_matmul.gemv_grid(N, 1)](
+                xw, words, q.scale, q.zero, out, N, KW, q.scale.shape[1], xw.stride(0), words.stride(0),
+                q.scale.stride(0), out.stride(0), quant_matmul.MAGIC_ONE, GROUP=128, **launch)
+        check(out, x, q)
 
 
 def test_launch_group_covers_a_single_group():

@@ -25,7 +25,7 @@ from ..cache import KVCache
 from ..config import ModelConfig
 from ..kernels import backends, get, get_or_reference, register
 from ..quant import linear
-from .rope import apply_rope, rope_angles
+from .rope import apply_rope, inv_frequencies
 
 
 def causal_mask(q_pos: torch.Tensor, n_keys: int) -> torch.Tensor:
@@ -86,6 +86,14 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: 
     return (probs.view(B, Hkv, -1, S) @ v).view(B, H, T, D)                      # (B, H, T, D)
 
 
+def step_rope(cache: KVCache | None, batch_size: int, n_tokens: int, device: torch.device, *, cfg: ModelConfig,
+              backend: str = "sdpa") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The positions (B, T) of the next tokens of each row (from `cache.lengths`) and their RoPE (cos, sin)
+    (B, T, D/2), by the kernel set's `step_positions`: what every layer of a forward shares."""
+    return get_or_reference("step_positions", backend)(kv.positions(cache, batch_size, n_tokens, device),
+                                                       inv_frequencies(cfg, device))
+
+
 def attention(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None, layer: int, *,
               cfg: ModelConfig, backend: str = "sdpa",
               rope: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, KVCache | None]:
@@ -94,15 +102,12 @@ def attention(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None
 
     Positions come from `cache.lengths` (0..T-1 without a cache). With a cache, this layer's new keys
     and values are written in place (the cache is donated, see llamafn.cache) and attention runs over
-    the whole preallocated length, masked by position. `rope` is (positions, cos, sin) as
-    `step_positions` gives them, which every layer of a forward shares: computed here when not given.
+    the whole preallocated length, masked by position. `rope` is (positions, cos, sin) as `step_rope`
+    gives them, which every layer of a forward shares: computed here when not given.
     """
     B, T, _ = x.shape
     H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    if rope is None:
-        pos = kv.positions(cache, B, T, x.device)                         # (B, T)
-        rope = (pos, *rope_angles(pos, cfg))
-    pos, cos, sin = rope                                                  # (B, T); (B, T, D/2) each
+    pos, cos, sin = rope if rope is not None else step_rope(cache, B, T, x.device, cfg=cfg, backend=backend)
     if "wqkv.weight" in p:
         q, k, v = linear(x, p["wqkv.weight"]).split([H * D, Hkv * D, Hkv * D], dim=-1)
     else:

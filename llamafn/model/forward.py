@@ -8,12 +8,11 @@ from .. import cache as kv
 from ..cache import KVCache
 from ..config import ModelConfig
 from ..errors import InputError
-from ..kernels import get_or_reference
 from ..params import Params, layer_params, output_weight
 from ..quant import embedding, linear
+from .attention import step_rope
 from .block import block
 from .norm import rms_norm
-from .rope import inv_frequencies
 
 
 def forward(params: Params, tokens: torch.Tensor, cache: KVCache | None = None, *, cfg: ModelConfig,
@@ -41,8 +40,7 @@ def transformer(params: Params, tokens: torch.Tensor, cache: KVCache | None = No
     if not torch.compiler.is_compiling() and not (tokens.is_cuda and torch.cuda.is_current_stream_capturing()):
         check_values(tokens, cache, cfg)
     h = embedding(tokens, params["tok_embeddings.weight"], params["norm.weight"].dtype)   # (B, T, dim)
-    rope = get_or_reference("step_positions", attention)(kv.positions(cache, *tokens.shape, tokens.device),
-                                                         inv_frequencies(cfg, tokens.device))   # pos, cos, sin
+    rope = step_rope(cache, *tokens.shape, tokens.device, cfg=cfg, backend=attention)  # pos, cos, sin: once a forward
     for i in range(cfg.n_layers):
         h, cache = block(layer_params(params, i), h, cache, i, cfg=cfg, backend=attention, rope=rope)
     if cache is not None:

@@ -40,6 +40,7 @@ def rope_angles(positions: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor
 
 
 def angles_of(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions (B, T) int, inv_freq (D/2,) -> (cos, sin), each (B, T, D/2) float32."""
     angles = positions.float()[..., None] * inv_freq                        # (B, T, D/2)
     return torch.cos(angles), torch.sin(angles)
 

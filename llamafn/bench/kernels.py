@@ -175,22 +175,27 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench_kernels", description=__doc__.split("\n\n")[0])
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384")
     ap.add_argument("--contexts", default="4096,16384,32768,65536,131072")
+    ap.add_argument("--parts", default="prefill,decode,fused", help="which tables to measure")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
+    parts = set(args.parts.split(","))
     if not torch.cuda.is_available():
         print("bench_kernels: needs a CUDA GPU", file=sys.stderr)
         return 1
     results: dict = {"benchmark": "kernels", "command": "python scripts/bench_kernels.py " + " ".join(argv or sys.argv[1:]),
                      "ceilings": measure()}
     log(results["ceilings"])
-    results["prefill"] = prefill_rows([int(n) for n in args.lengths.split(",")], 128)
-    write_results(results, args.out, "kernels")
-    results["prefill"] += prefill_rows([4096], 64)
-    write_results(results, args.out, "kernels")
-    results["decode"] = decode_rows([int(n) for n in args.contexts.split(",")], [(32, 32), (32, 8)],
-                                    results["ceilings"]["copy_GBps"])
-    write_results(results, args.out, "kernels")
-    results["fused"] = fused_rows([1, 8, 32, 2048], preset("llama-2-7b"), results["ceilings"]["copy_GBps"])
+    copy_GBps = results["ceilings"]["copy_GBps"]
+    if "prefill" in parts:
+        results["prefill"] = prefill_rows([int(n) for n in args.lengths.split(",")], 128)
+        write_results(results, args.out, "kernels")
+        results["prefill"] += prefill_rows([4096], 64)
+        write_results(results, args.out, "kernels")
+    if "decode" in parts:
+        results["decode"] = decode_rows([int(n) for n in args.contexts.split(",")], [(32, 32), (32, 8)], copy_GBps)
+        write_results(results, args.out, "kernels")
+    if "fused" in parts:
+        results["fused"] = fused_rows([1, 8, 32, 2048], preset("llama-2-7b"), copy_GBps)
     print(f"wrote {write_results(results, args.out, 'kernels')}")
     return 0
 

@@ -199,22 +199,29 @@ def flash_attention_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
     return out
 
 
+def prefill_configs() -> list:
+    """Tile shapes, warps and pipelining stages for flash_fwd_kernel (Hopper favours 128 x 64 tiles with
+    8 warps at head dim 128, larger at 64)."""
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+            for bm, bn in ((64, 64), (128, 64), (128, 128), (64, 32)) for w, s in ((4, 3), (8, 3), (8, 4))]
+
+
+def decode_configs() -> list:
+    """Key tile (any divisor of a split's chunk, a multiple of 64), warps and pipelining stages for
+    flash_decode_kernel."""
+    return [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s) for bn in (32, 64) for w in (4, 8) for s in (2, 3, 4)]
+
+
 @functools.cache
 def prefill_tuned():
-    """flash_fwd_kernel autotuned on a GPU per (head dim, causal): tile shapes, warps
-    and pipelining stages (Hopper favours 128 x 64 tiles with 8 warps at head dim 128, larger at 64)."""
-    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-               for bm, bn in ((64, 64), (128, 64), (128, 128), (64, 32)) for w, s in ((4, 3), (8, 3), (8, 4))]
-    return triton.autotune(configs, key=["D", "CAUSAL", "BLOCK_D"])(flash_fwd_kernel)
+    """flash_fwd_kernel autotuned on a GPU per (head dim, causal)."""
+    return triton.autotune(prefill_configs(), key=["D", "CAUSAL", "BLOCK_D"])(flash_fwd_kernel)
 
 
 @functools.cache
 def decode_tuned():
-    """flash_decode_kernel autotuned on a GPU per (cache length, rows a group, head dim): key tile (any
-    divisor of the split's chunk, a multiple of 64), warps and pipelining stages."""
-    configs = [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-               for bn in (32, 64) for w in (4, 8) for s in (2, 3, 4)]
-    return triton.autotune(configs, key=["S", "T", "GROUP", "D"])(flash_decode_kernel)
+    """flash_decode_kernel autotuned on a GPU per (cache length, rows a group, head dim)."""
+    return triton.autotune(decode_configs(), key=["S", "T", "GROUP", "D"])(flash_decode_kernel)
 
 
 def decode_splits(batch: int, n_kv_heads: int, n_keys: int, block_n: int, n_sms: int) -> int:
@@ -234,7 +241,12 @@ def sm_count(device: torch.device) -> int:
 def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
                         k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """q (B, H, T, D) with few rows per KV group (decode), k/v (B, Hkv, S, D), pos (B, T) -> (B, H, T, D).
-    With k_scale / v_scale (B, Hkv, S), k and v are int8 rows of an int8 cache, dequantised in registers."""
+    With k_scale / v_scale (B, Hkv, S), k and v are int8 rows of an int8 cache, dequantised in registers.
+
+    Two launches, measured against one on an H100 (GQA 32/8, 16k keys, back to back in a CUDA graph:
+    30.1-30.4 us a call, split kernel 26 us, merge 3 us): the last split merging after an atomic ticket
+    took 33.3 us (the release fence and the serial merge at the tail cost more than the launch), and
+    the merge as a programmatic dependent launch (griddepcontrol) 30.4 us, no change."""
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     group = H // Hkv

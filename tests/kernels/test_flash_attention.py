@@ -20,6 +20,23 @@ pytestmark = pytest.mark.skipif(fa.triton is None, reason="triton is not install
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+EVERY_DECODE_CONFIG = fa.decode_configs                                   # before the fixture below narrows it
+
+
+@pytest.fixture(autouse=True, scope="module")
+def first_config_only_on_a_gpu():
+    """On a GPU each cache length a test draws would autotune flash-decoding over every config; here the
+    kernels take their first config, and test_every_decode_config checks all of them."""
+    if DEVICE != "cuda":
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        prefill, decode = fa.prefill_configs, fa.decode_configs
+        mp.setattr(fa, "prefill_configs", lambda: prefill()[:1])
+        mp.setattr(fa, "decode_configs", lambda: decode()[:1])
+        fa.prefill_tuned.cache_clear(), fa.decode_tuned.cache_clear()
+        yield
+    fa.prefill_tuned.cache_clear(), fa.decode_tuned.cache_clear()
 
 
 @st.composite
@@ -78,6 +95,21 @@ def test_the_merge_of_many_splits_some_empty(monkeypatch, n_splits):
     q, k, v = tensors(0, 2, 4, 2, 1, 64 * 70, 16, torch.float32)
     pos = torch.tensor([[64 * 70 - 1], [40]], device=DEVICE)
     close(fa.flash_decode_launch(q, k, v, pos), q, k, v, pos)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter launches one fixed tile, not the tuner's configs")
+@pytest.mark.parametrize("heads", [(8, 2), (4, 4)])
+def test_every_decode_config(monkeypatch, heads):
+    """Every autotuning candidate of flash-decoding (the tuner may pick any), GQA and MHA, over a cache
+    length off the tiles."""
+    H, Hkv = heads
+    q, k, v = tensors(0, 2, H, Hkv, 1, 1000, 128, torch.bfloat16)
+    pos = torch.tensor([[999], [321]], device=DEVICE)
+    for config in EVERY_DECODE_CONFIG():
+        monkeypatch.setattr(fa, "decode_configs", lambda: [config])
+        fa.decode_tuned.cache_clear()
+        close(fa.flash_decode_launch(q, k, v, pos), q, k, v, pos)
+    fa.decode_tuned.cache_clear()
 
 
 @given(seeds(), st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1, max_size=4),

@@ -80,7 +80,7 @@ def test_gemv_activations_are_laid_out_by_word(seed, k, group):
     x, w = inputs(seed, 2, 3, k, torch.float32)
     x4, x8 = quant_matmul.int4_gemv_activations(x), quant_matmul.int8_gemv_activations(x)
     assert x4.shape == (2, 8, k // 8) and x8.shape == (2, 4, k // 4)
-    powers = torch.tensor([256.0, 16.0] * 4)
+    powers = torch.tensor([256.0, 16.0] * 4, device=DEVICE)
     torch.testing.assert_close(x4.transpose(1, 2).reshape(2, k) / powers.repeat(k // 8), x, rtol=0, atol=0)
     torch.testing.assert_close(x8.transpose(1, 2).reshape(2, k) / 256, x, rtol=0, atol=0)
     assert quant_matmul.as_words(quantize_int4(w, group).q) is not None

@@ -24,16 +24,26 @@ from ..config import preset
 from ..kernels import quant_matmul
 from ..model import forward
 from ..params import fuse, init_params, nbytes
-from ..quant import dequantize, quantize
+from ..quant import dequantize, quantize, tinygemm
 from ..quant.formats import quantize_weight
 from .ceilings import copies_past_l2, measure, time_in_graph, write_results
 from .decode import compiled_decode, log, profile_step
 
 
 def parse_scheme(name: str) -> tuple[str, int]:
-    """'int4-g32' -> ('int4', 32); 'int8' -> ('int8', 0); 'bf16' -> ('bf16', 0)."""
-    scheme, _, group = name.partition("-g")
+    """'int4-g32' -> ('int4', 32); 'int8' -> ('int8', 0); 'bf16' -> ('bf16', 0). A decode scheme may end in
+    '+tinygemm' (int4 in tinygemm's layout, `decode_params`), which is not part of the pair."""
+    scheme, _, group = name.removesuffix("+tinygemm").partition("-g")
     return scheme, int(group or 0)
+
+
+def decode_params(params, name: str):
+    """The fused bf16 params quantised as the decode scheme `name` says."""
+    scheme, group = parse_scheme(name)
+    if scheme == "bf16":
+        return params
+    p = quantize(params, scheme, group_size=group or 128)
+    return tinygemm.for_tinygemm(p) if name.endswith("+tinygemm") else p
 
 
 def weight_bytes(w) -> int:
@@ -44,22 +54,6 @@ def relative_error(out: torch.Tensor, x: torch.Tensor, w) -> float:
     """max |out - x @ w^T| over max |x @ w^T|, w dequantised in fp32 (checks every path it times)."""
     reference = x.float() @ (w if isinstance(w, torch.Tensor) else dequantize(w, torch.float32)).float().T
     return round(((out.float() - reference).abs().max() / reference.abs().max()).item(), 5)
-
-
-def tinygemm_weight(w, inner_k_tiles: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """An Int4Weight in the layout of PyTorch's tinygemm kernel (`torch._weight_int4pack_mm`, gpt-fast's
-    int4 path): w = (q - 8) * scale + zero with zero = (8 - z) * scale, scales and zeros as (G, N, 2).
-    The nibble order the packing op expects has changed across PyTorch versions: the one whose product
-    matches the dequantised weight on a probe is kept."""
-    scale = w.scale.float()
-    scales_and_zeros = torch.stack([scale, (8 - w.zero.float()) * scale], dim=-1).transpose(0, 1).contiguous()
-    scales_and_zeros = scales_and_zeros.to(torch.bfloat16)                     # (G, N, 2)
-    probe = torch.randn(1, w.shape[1], device=w.q.device, dtype=torch.bfloat16)
-    for q in (((w.q & 0xF) << 4) | (w.q >> 4), w.q):                           # even column high, then low
-        packed = torch._convert_weight_to_int4pack(q.contiguous(), inner_k_tiles)
-        if relative_error(torch._weight_int4pack_mm(probe, packed, w.group_size, scales_and_zeros), probe, w) < 0.02:
-            break
-    return packed, scales_and_zeros
 
 
 def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
@@ -83,10 +77,8 @@ def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
                 lambda x, w: quant_matmul.int4_gemv(xw, quant_matmul.as_words(w.q), w.scale, w.zero, w.group_size,
                                                   x.dtype),
                 copies)
-        if M <= 64 and hasattr(torch, "_weight_int4pack_mm"):
-            group = copies[0].group_size
-            paths["tinygemm (torch._weight_int4pack_mm)"] = (
-                lambda x, w: torch._weight_int4pack_mm(x, w[0], group, w[1]), [tinygemm_weight(w) for w in copies])
+        if M <= 64 and tinygemm.available(x.device):
+            paths["tinygemm (torch._weight_int4pack_mm)"] = (tinygemm.tinygemm_matmul, [tinygemm.to_tinygemm(w) for w in copies])
     if M >= 128:
         paths["dequantize + cuBLAS"] = (lambda x, w: F.linear(x, dequantize(w, x.dtype)), copies)
     return paths
@@ -144,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench_quant", description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="llama-2-7b")
     ap.add_argument("--schemes", default="bf16,int8,int4-g128,int4-g32")
-    ap.add_argument("--decode-schemes", help="schemes for the decode part (default: --schemes)")
+    ap.add_argument("--decode-schemes", help="schemes for the decode part (default: --schemes); an int4 scheme "
+                    "ending in +tinygemm runs in tinygemm's layout (llamafn.quant.tinygemm)")
     ap.add_argument("--batch-sizes", default="1")
     ap.add_argument("--kernel-rows", default="1,8,32,512", help="row counts M for the kernel table")
     ap.add_argument("--new-tokens", type=int, default=200)
@@ -177,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
     if "decode" in parts:
         for s in (args.decode_schemes or args.schemes).split(","):
-            scheme, group = parse_scheme(s)
-            p = params if scheme == "bf16" else quantize(params, scheme, group_size=group or 128)
+            p = decode_params(params, s)
             for batch in map(int, args.batch_sizes.split(",")):
                 try:
                     r = compiled_decode(p, cfg, batch, 5, args.new_tokens, args.attention, results["ceilings"])

@@ -60,11 +60,31 @@ class Int4Weight(NamedTuple):
         return K if G == 1 else 1 << (-(-K // G) - 1).bit_length()
 
 
-QuantWeight = Int8Weight | Int4Weight
+class Int4TinyGemmWeight(NamedTuple):
+    """An Int4Weight in the layout of PyTorch's tinygemm kernel (`torch._weight_int4pack_mm`), made on the
+    device that runs it (llamafn.quant.tinygemm); a run-time layout, never saved."""
+    packed: torch.Tensor              # CUDA: (N/8, K/(16 t), 32, t/2) int32 for t inner k-tiles; CPU: (N, K/2) uint8
+    scales_and_zeros: torch.Tensor    # (G, N, 2) bfloat16: w = (q - 8) * scale + zero
+
+    dtype = property(lambda w: w.scales_and_zeros.dtype)
+    device = property(lambda w: w.packed.device)
+
+    @property
+    def shape(self) -> torch.Size:
+        p = self.packed
+        K = 2 * p.shape[1] if p.dim() == 2 else 32 * p.shape[1] * p.shape[3]
+        return torch.Size((self.scales_and_zeros.shape[1], K))
+
+    @property
+    def group_size(self) -> int:
+        return self.shape[1] // self.scales_and_zeros.shape[0]
+
+
+QuantWeight = Int8Weight | Int4Weight | Int4TinyGemmWeight
 
 
 def is_quantized(w: object) -> bool:
-    return isinstance(w, (Int8Weight, Int4Weight))
+    return isinstance(w, (Int8Weight, Int4Weight, Int4TinyGemmWeight))
 
 
 def stored_scale(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -116,6 +136,10 @@ def quantize_int4(w: torch.Tensor, group_size: int = 128) -> Int4Weight:
 def dequantize(w: QuantWeight, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The float matrix (N, K) a quantised weight stands for, in `dtype` (default: the scale's)."""
     dtype = dtype or w.dtype
+    if isinstance(w, Int4TinyGemmWeight):
+        from .tinygemm import tinygemm_matmul                                 # the kernel is the only reader of its layout
+        eye = torch.eye(w.shape[1], dtype=torch.bfloat16, device=w.device)
+        return tinygemm_matmul(eye, w).T.to(dtype)                           # I (K, K) @ w^T -> (K, N)
     if isinstance(w, Int8Weight):
         return (w.q.float() * w.scale.float()[..., None]).to(dtype)
     N, K = w.shape

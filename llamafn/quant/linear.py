@@ -5,6 +5,8 @@ weight's type, so every layer works unchanged on float and on quantised params.
 - `Int8Weight` / `Int4Weight` on a GPU, with at most `KERNEL_MAX_ROWS` rows of activations (decode):
   the fused dequantise-matmul Triton kernels (llamafn.kernels.quant_matmul), which read each weight
   byte once;
+- `Int4TinyGemmWeight` (llamafn.quant.tinygemm, batch-1 decode on a GPU): PyTorch's tinygemm kernel, at
+  any row count;
 - otherwise (the CPU, or prefill's many rows, where the product is compute-bound and one dequantise
   pass is small next to it): dequantise to the activations' dtype and `F.linear` (cuBLAS).
 """
@@ -16,17 +18,20 @@ import torch.nn.functional as F
 
 from ..kernels import quant_matmul  # noqa: F401  (registers the custom ops)
 from ..kernels.runtime import triton
-from .formats import Int4Weight, Int8Weight, dequantize
+from .formats import Int4TinyGemmWeight, Int4Weight, Int8Weight, QuantWeight, dequantize
+from .tinygemm import tinygemm_matmul
 
 KERNEL_MAX_ROWS = 64
 
 
-def linear(x: torch.Tensor, w: torch.Tensor | Int8Weight | Int4Weight) -> torch.Tensor:
+def linear(x: torch.Tensor, w: torch.Tensor | QuantWeight) -> torch.Tensor:
     """x (..., K) @ w (N, K)^T -> (..., N), in x's dtype."""
     if isinstance(w, torch.Tensor):
         return F.linear(x, w)
     rows = x.reshape(-1, x.shape[-1])                                           # (M, K)
-    if x.is_cuda and triton is not None and rows.shape[0] <= KERNEL_MAX_ROWS:
+    if isinstance(w, Int4TinyGemmWeight):
+        out = tinygemm_matmul(rows, w)
+    elif x.is_cuda and triton is not None and rows.shape[0] <= KERNEL_MAX_ROWS:
         if isinstance(w, Int8Weight):
             out = torch.ops.llamafn.int8_matmul(rows.contiguous(), w.q, w.scale)
         else:

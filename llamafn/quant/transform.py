@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import InputError
-from .formats import GROUP_SIZES, Int4Weight, Int8Weight, dequantize, is_quantized, quantize_weight
+from .formats import GROUP_SIZES, Int4TinyGemmWeight, Int4Weight, Int8Weight, dequantize, is_quantized, quantize_weight
 
 if TYPE_CHECKING:
     from ..params import Params
@@ -84,6 +84,9 @@ def to_tensors(params: Params) -> dict[str, torch.Tensor]:
     """The storage layout: each quantised weight becomes `<key>.<field>` tensors."""
     out: dict[str, torch.Tensor] = {}
     for k, v in params.items():
+        if isinstance(v, Int4TinyGemmWeight):
+            raise InputError(f"{k} is in tinygemm's run-time layout (llamafn.quant.tinygemm), which is not saved: "
+                             f"save the params from before for_tinygemm")
         if is_quantized(v):
             out.update({f"{k}.{name}": t for name, t in zip(FIELDS[type(v)], v)})
         else:

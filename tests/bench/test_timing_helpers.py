@@ -27,5 +27,6 @@ def test_rotation_cycles_distinct_sets_to_at_least_the_calls(n_bytes, calls):
 
 def test_scheme_names():
     assert parse_scheme("int4-g32") == ("int4", 32)
+    assert parse_scheme("int4-g128+tinygemm") == ("int4", 128)
     assert parse_scheme("int8") == ("int8", 0)
     assert parse_scheme("bf16") == ("bf16", 0)

@@ -7,7 +7,8 @@ the params dict where a (out_features, in_features) matrix sat.
   consecutive inputs of a row, w ~ (q - zero) * scale (the asymmetric group-wise scheme of GPTQ/AWQ,
   here with round-to-nearest), two values a byte: column 2j in the low nibble, 2j + 1 in the high one.
 - `Int4TinyGemmWeight`: an Int4Weight repacked for PyTorch's tinygemm kernel on the device that runs
-  it (llamafn.quant.tinygemm); a run-time layout that is never saved.
+  it (llamafn.quant.tinygemm); a run-time layout that is never saved, and the one type whose fields
+  are not laid out by output channel (so it holds matrices, never the embedding table).
 
 Every field has the output channels on dim 0, so row gathers (embedding lookups) and row concatenation
 (`params.fuse`) act field by field. The group size is not stored: it is the power of two for which

@@ -85,11 +85,12 @@ def tinygemm_matmul(x: torch.Tensor, w: Int4TinyGemmWeight) -> torch.Tensor:
 
 
 def for_tinygemm(params: dict) -> dict:
-    """A new params dict with every int4 weight that fits tinygemm in its layout (on the weight's device),
-    the rest unchanged. Apply after `params.fuse` (tinygemm's layout has no row concatenation)."""
+    """A new params dict with every int4 matrix that fits tinygemm in its layout (on the weight's device),
+    the rest unchanged. The embedding table stays (lookups gather its rows, which tinygemm's layout does
+    not keep together). Apply after `params.fuse` (the layout has no row concatenation either)."""
     out = {}
     for key, value in params.items():
-        if isinstance(value, Int4Weight) and fits(value):
+        if isinstance(value, Int4Weight) and key != "tok_embeddings.weight" and fits(value):
             if not available(value.q.device):
                 raise InputError(f"{key}: this PyTorch has no tinygemm int4 kernel for {value.q.device}")
             value = to_tinygemm(value)

@@ -44,12 +44,13 @@ def test_the_tinygemm_layout_is_the_same_matrix(seed, n, k, group, m):
     torch.testing.assert_close(out.float(), reference, atol=3e-2 * reference.abs().max().item(), rtol=0)
 
 
-def test_weights_that_do_not_fit_stay_int4_and_are_named():
+def test_weights_that_do_not_fit_and_the_embedding_table_stay_int4():
     params = {"a": weight(0, 16, 128, 64), "b": weight(1, 24, 128, 64), "c": weight(2, 16, 96, 32),
-              "norm.weight": torch.ones(8)}
+              "tok_embeddings.weight": weight(3, 16, 128, 64), "norm.weight": torch.ones(8)}
     out = for_tinygemm(params)
     assert isinstance(out["a"], Int4TinyGemmWeight)
     assert out["b"] is params["b"] and out["c"] is params["c"] and not fits(params["b"])
+    assert out["tok_embeddings.weight"] is params["tok_embeddings.weight"]          # lookups gather its rows
     with pytest.raises(InputError, match=r"\(24, 128\)"):
         to_tinygemm(params["b"])
     with pytest.raises(InputError, match="a is in tinygemm's run-time layout"):

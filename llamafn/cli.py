@@ -15,7 +15,6 @@ from typing import Sequence
 import torch
 
 from . import checkpoint, quant
-from .quant import tinygemm
 from .config import cards_dir
 from .decode import check_prompts, generate
 from .errors import InputError, LlamafnError, TokenizerError
@@ -71,7 +70,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     tok = Tokenizer(args.tokenizer or find_tokenizer(model))
     params, cfg = checkpoint.load(model, dtype=dtype, device=device, quantize=args.quantize, group_size=args.group_size)
-    if device.startswith("cuda") and args.beams <= 1 and not args.speculative and tinygemm.available(torch.device(device)):
+    one_row = args.beams <= 1 and not args.speculative
+    if one_row and device.startswith("cuda") and quant.tinygemm.available(torch.device(device)):
         params = quant.for_tinygemm(params)             # one row a step: tinygemm is the faster int4 product there
     if tok.vocab_size > cfg.vocab_size:
         raise TokenizerError(f"tokenizer {tok.path} has {tok.vocab_size} tokens but the model's vocabulary "

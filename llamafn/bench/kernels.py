@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         results["prefill"] += prefill_rows([4096], 64)
         write_results(results, args.out, "kernels")
     if "decode" in parts:
-        results["decode"] = decode_rows([int(n) for n in args.contexts.split(",")], [(32, 32), (32, 8)], copy_GBps)
+        contexts = [int(n) for n in args.contexts.split(",")]
+        results["decode"] = decode_rows(contexts, [(32, 32), (32, 8)], copy_GBps)
         write_results(results, args.out, "kernels")
     if "fused" in parts:
         results["fused"] = fused_rows([1, 8, 32, 2048], preset("llama-2-7b"), copy_GBps)

@@ -78,7 +78,8 @@ def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
                                                   x.dtype),
                 copies)
         if M <= 64 and tinygemm.available(x.device):
-            paths["tinygemm (torch._weight_int4pack_mm)"] = (tinygemm.tinygemm_matmul, [tinygemm.to_tinygemm(w) for w in copies])
+            paths["tinygemm (torch._weight_int4pack_mm)"] = (tinygemm.tinygemm_matmul,
+                                                             [tinygemm.to_tinygemm(w) for w in copies])
     if M >= 128:
         paths["dequantize + cuBLAS"] = (lambda x, w: F.linear(x, dequantize(w, x.dtype)), copies)
     return paths

@@ -7,6 +7,6 @@ from .transform import SCHEMES, dequantize_params, from_tensors, quantize, quant
 
 __all__ = [
     "Int4TinyGemmWeight", "Int4Weight", "Int8Weight", "SCHEMES", "dequantize", "dequantize_params", "embedding",
-    "for_tinygemm", "from_tensors",
-    "is_quantized", "linear", "quantize", "quantize_int4", "quantize_int8", "quantizer", "scheme_of", "to_tensors",
+    "for_tinygemm", "from_tensors", "is_quantized", "linear", "quantize", "quantize_int4", "quantize_int8",
+    "quantizer", "scheme_of", "to_tensors",
 ]

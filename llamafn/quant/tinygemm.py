@@ -21,7 +21,7 @@ import functools
 import torch
 
 from ..errors import InputError
-from .formats import Int4TinyGemmWeight, Int4Weight, unpack_int4
+from .formats import Int4TinyGemmWeight, Int4Weight, pack_int4, unpack_int4
 
 INNER_K_TILES = 8
 
@@ -56,20 +56,22 @@ def pack(q: torch.Tensor) -> torch.Tensor:
     if q.device.type == "cpu":
         return torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(q).int(), INNER_K_TILES)
     if high_nibble_first(q.device):
-        q = ((q & 0xF) << 4) | (q >> 4)
+        q = swap_nibbles(q)
     return torch._convert_weight_to_int4pack(q.contiguous(), INNER_K_TILES)
+
+
+def swap_nibbles(q: torch.Tensor) -> torch.Tensor:
+    return ((q & 0xF) << 4) | (q >> 4)
 
 
 @functools.cache
 def high_nibble_first(device: torch.device) -> bool:
     """Whether the CUDA packing op reads column 2j from the high nibble (the order has changed across
-    PyTorch versions): a probe weight of distinct codes through both orders, against the unpacked codes."""
-    g = torch.Generator().manual_seed(0)
-    codes = torch.randint(0, 16, (8, 16 * INNER_K_TILES), generator=g)           # (N, K)
-    nibbles = (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8).to(device)
+    PyTorch versions): a probe weight of distinct codes packed swapped, read back through the kernel."""
+    codes = torch.randint(0, 16, (8, 16 * INNER_K_TILES), generator=torch.Generator().manual_seed(0))   # (N, K)
+    swapped = swap_nibbles(pack_int4(codes)).to(device)
     eye = torch.eye(codes.shape[1], dtype=torch.bfloat16, device=device)
     ones = torch.ones(1, 8, 2, dtype=torch.bfloat16, device=device)              # scale 1, zero 1: w = q - 7
-    swapped = ((nibbles & 0xF) << 4) | (nibbles >> 4)
     out = torch._weight_int4pack_mm(eye, torch._convert_weight_to_int4pack(swapped, INNER_K_TILES), codes.shape[1], ones)
     return torch.equal(out.T.float().cpu(), codes.float() - 7)
 

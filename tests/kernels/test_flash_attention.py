@@ -34,9 +34,11 @@ def first_config_only_on_a_gpu():
         prefill, decode = fa.prefill_configs, fa.decode_configs
         mp.setattr(fa, "prefill_configs", lambda: prefill()[:1])
         mp.setattr(fa, "decode_configs", lambda: decode()[:1])
-        fa.prefill_tuned.cache_clear(), fa.decode_tuned.cache_clear()
+        fa.prefill_tuned.cache_clear()
+        fa.decode_tuned.cache_clear()
         yield
-    fa.prefill_tuned.cache_clear(), fa.decode_tuned.cache_clear()
+    fa.prefill_tuned.cache_clear()
+    fa.decode_tuned.cache_clear()
 
 
 @st.composite

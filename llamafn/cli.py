@@ -71,6 +71,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     tok = Tokenizer(args.tokenizer or find_tokenizer(model))
     params, cfg = checkpoint.load(model, dtype=dtype, device=device, quantize=args.quantize, group_size=args.group_size)
     one_row = args.beams <= 1 and not args.speculative
+    if device.startswith("cuda"):
+        params = quant.for_gemv(params)                 # int8 in the GEMV's plane order: it reads x as it is
     if one_row and device.startswith("cuda") and quant.tinygemm.available(torch.device(device)):
         params = quant.for_tinygemm(params)             # one row a step: tinygemm is the faster int4 product there
     if tok.vocab_size > cfg.vocab_size:

@@ -26,7 +26,7 @@ from triton.compiler import ASTSource
 from llamafn.kernels import quant_matmul
 
 ARGS = {
-    "int8": ["x_ptr:*fp32", "q_ptr:*i32", "s_ptr:*bf16", "out_ptr:*bf16", "N:i32", "KW:i32", "stride_xm:i32",
+    "int8": ["x_ptr:*bf16", "q_ptr:*i32", "s_ptr:*bf16", "out_ptr:*bf16", "N:i32", "KW:i32", "stride_xm:i32",
              "stride_qn:i32", "stride_om:i32", "magic:i32"],
     "int4": ["x_ptr:*fp32", "q_ptr:*i32", "s_ptr:*bf16", "z_ptr:*u8", "out_ptr:*bf16", "N:i32", "KW:i32", "G:i32",
              "stride_xm:i32", "stride_qn:i32", "stride_sn:i32", "stride_om:i32", "magic:i32"],

@@ -24,7 +24,7 @@ from ..config import preset
 from ..kernels import quant_matmul
 from ..model import forward
 from ..params import fuse, init_params, nbytes
-from ..quant import dequantize, quantize, tinygemm
+from ..quant import dequantize, planar, quantize, tinygemm
 from ..quant.formats import quantize_weight
 from .ceilings import copies_past_l2, measure, time_in_graph, write_results
 from .decode import compiled_decode, log, profile_step
@@ -32,8 +32,8 @@ from .decode import compiled_decode, log, profile_step
 
 def parse_scheme(name: str) -> tuple[str, int]:
     """'int4-g32' -> ('int4', 32); 'int8' -> ('int8', 0); 'bf16' -> ('bf16', 0). A decode scheme may end in
-    '+tinygemm' (int4 in tinygemm's layout, `decode_params`), which is not part of the pair."""
-    scheme, _, group = name.removesuffix("+tinygemm").partition("-g")
+    a run-time layout, '+tinygemm' (int4) or '+gemv' (int8; `decode_params`), which is not part of the pair."""
+    scheme, _, group = name.partition("+")[0].partition("-g")
     return scheme, int(group or 0)
 
 
@@ -43,7 +43,8 @@ def decode_params(params, name: str):
     if scheme == "bf16":
         return params
     p = quantize(params, scheme, group_size=group or 128)
-    return tinygemm.for_tinygemm(p) if name.endswith("+tinygemm") else p
+    layouts = {"": lambda p: p, "tinygemm": tinygemm.for_tinygemm, "gemv": planar.for_gemv}
+    return layouts[name.partition("+")[2]](p)
 
 
 def weight_bytes(w) -> int:
@@ -59,16 +60,19 @@ def relative_error(out: torch.Tensor, x: torch.Tensor, w) -> float:
 def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
     """{path: (fn(x, prepared weight), prepared copies)} timed for scheme s at x's rows. For one row the
     gemv kernel is also timed alone, on activations laid out beforehand (in the compiled decode step that
-    layout is fused into the producer of x)."""
+    layout is fused into the producer of x where inductor writes the producer), and int8 on a weight in
+    plane order, which reads x as it is."""
     M = x.shape[0]
     if s == "bf16":
         return {"cuBLAS": (lambda x, w: F.linear(x, w), copies)}
     if s == "int8":
         paths = {"triton": (lambda x, w: torch.ops.llamafn.int8_matmul(x, w.q, w.scale), copies)}
         if M == 1:
-            xw = quant_matmul.int8_gemv_activations(x)
+            xw = quant_matmul.int8_gemv_planes(x)
             paths["triton gemv kernel alone"] = (
                 lambda x, w: quant_matmul.int8_gemv(xw, quant_matmul.as_words(w.q), w.scale, x.dtype), copies)
+        paths["triton, planar weight"] = (lambda x, w: torch.ops.llamafn.int8_matmul(x, w.q, w.scale, True),
+                                          [planar.to_planar(w) for w in copies])
     else:
         paths = {"triton": (lambda x, w: torch.ops.llamafn.int4_matmul(x, w.q, w.scale, w.zero, w.group_size), copies)}
         if M == 1:
@@ -138,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="llama-2-7b")
     ap.add_argument("--schemes", default="bf16,int8,int4-g128,int4-g32")
     ap.add_argument("--decode-schemes", help="schemes for the decode part (default: --schemes); an int4 scheme "
-                    "ending in +tinygemm runs in tinygemm's layout (llamafn.quant.tinygemm)")
+                    "ending in +tinygemm runs in tinygemm's layout (llamafn.quant.tinygemm), an int8 one ending "
+                    "in +gemv in the GEMV's plane order (llamafn.quant.planar)")
     ap.add_argument("--batch-sizes", default="1")
     ap.add_argument("--kernel-rows", default="1,8,32,512", help="row counts M for the kernel table")
     ap.add_argument("--new-tokens", type=int, default=200)

@@ -91,12 +91,13 @@ if triton is not None:
                  mask=row_ok[:, None] & (rd[None, :] < D))
 
     @triton.jit
-    def flash_decode_kernel(Q, K, V, KS, VS, POS, PART_O, PART_ML, qk_scale, S, T, Hkv, GROUP, D, CHUNK,
-                            sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sksb, sksh, svsb, svsh, spb,
+    def flash_decode_kernel(Q, K, V, KS, VS, POS, PART_O, PART_ML, O, qk_scale, S, T, Hkv, GROUP, D, CHUNK,
+                            sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sksb, sksh, svsb, svsh, spb, sob, soh, sot,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                            QUANT: tl.constexpr):
+                            QUANT: tl.constexpr, DIRECT: tl.constexpr):
         """One split of the keys for every query of one KV head: rows r = (head in group) * T + t. With
-        QUANT, K and V are int8 with a scale per (row, head, position) in KS / VS (llamafn.cache)."""
+        QUANT, K and V are int8 with a scale per (row, head, position) in KS / VS (llamafn.cache). DIRECT
+        (a single split): the normalised output goes to O, with no partials to merge."""
         pid_bk, split = tl.program_id(0), tl.program_id(1)
         n_splits = tl.num_programs(1)
         b, hk = pid_bk // Hkv, pid_bk % Hkv
@@ -133,10 +134,15 @@ if triton is not None:
             l_i = l_i * alpha + tl.sum(p, axis=1)
             acc = acc * alpha[:, None] + dot(p.to(v.dtype), v)
             m_i = m_new
-        base = (pid_bk * n_splits + split) * BLOCK_M + rr                             # (BM,) scratch rows
-        tl.store(PART_O + base[:, None] * BLOCK_D + rd[None, :], acc, mask=row_ok[:, None])   # padding rows unread
-        tl.store(PART_ML + base * 2, m_i, mask=row_ok)
-        tl.store(PART_ML + base * 2 + 1, l_i, mask=row_ok)
+        if DIRECT:
+            out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]                       # (BM, BD)
+            tl.store(O + b * sob + (hk * GROUP + g)[:, None] * soh + t[:, None] * sot + rd[None, :],
+                     out.to(O.dtype.element_ty), mask=row_ok[:, None] & (rd[None, :] < D))
+        else:
+            base = (pid_bk * n_splits + split) * BLOCK_M + rr                         # (BM,) scratch rows
+            tl.store(PART_O + base[:, None] * BLOCK_D + rd[None, :], acc, mask=row_ok[:, None])   # padding rows unread
+            tl.store(PART_ML + base * 2, m_i, mask=row_ok)
+            tl.store(PART_ML + base * 2 + 1, l_i, mask=row_ok)
 
     @triton.jit
     def flash_decode_merge_kernel(PART_O, PART_ML, O, T, Hkv, GROUP, N_SPLITS, D, sob, soh, sot,
@@ -224,13 +230,21 @@ def decode_tuned():
     return triton.autotune(decode_configs(), key=["S", "T", "GROUP", "D"])(flash_decode_kernel)
 
 
+MIN_SPLIT_KEYS = 256
+
+
 def decode_splits(batch: int, n_kv_heads: int, n_keys: int, block_n: int, n_sms: int) -> int:
     """Splits of the key axis: about one program an SM over all (row, KV head) pairs, each split at
-    least one tile (at most 2 in the interpreter, where every program costs milliseconds). On an H100
-    at 16k-32k keys one program an SM and two were within 4% of each other (either ahead across runs),
-    and both ahead of half, four and eight; the merge grows with the split count."""
+    least MIN_SPLIT_KEYS keys and one tile (at most 2 programs in the interpreter, where every program
+    costs milliseconds). On an H100 at 16k-32k keys one program an SM and two were within 4% of each
+    other (either ahead across runs), and both ahead of half, four and eight; the merge grows with the
+    split count. A cache of at most MIN_SPLIT_KEYS gets one split, written out directly with no merge
+    launch. On an H100 (MHA 32 heads, batch 1, 256-key cache, in a CUDA graph) that took 4.4 us at 100
+    live keys and 6.3 at 250, against 5.7 for four splits and the merge at either; at 512 keys, two
+    splits took 8.3 us at 400 live keys against 7.4 for five. Over a generation filling the cache the
+    single split wins, and a compiled 7B int8 step lost its 32 merge launches (316.3 tok/s)."""
     programs = 2 if INTERPRET else n_sms
-    return max(1, min(triton.cdiv(n_keys, block_n), triton.cdiv(programs, batch * n_kv_heads)))
+    return max(1, min(triton.cdiv(n_keys, max(block_n, MIN_SPLIT_KEYS)), triton.cdiv(programs, batch * n_kv_heads)))
 
 
 @functools.cache
@@ -243,7 +257,7 @@ def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: 
     """q (B, H, T, D) with few rows per KV group (decode), k/v (B, Hkv, S, D), pos (B, T) -> (B, H, T, D).
     With k_scale / v_scale (B, Hkv, S), k and v are int8 rows of an int8 cache, dequantised in registers.
 
-    Two launches, measured against one on an H100 (GQA 32/8, 16k keys, back to back in a CUDA graph:
+    Two launches (one where a single split covers the cache), measured against one on an H100 (GQA 32/8, 16k keys, back to back in a CUDA graph:
     30.1-30.4 us a call, split kernel 26 us, merge 3 us): the last split merging after an atomic ticket
     took 33.3 us (the release fence and the serial merge at the tail cost more than the launch), and
     the merge as a programmatic dependent launch (griddepcontrol) 30.4 us, no change."""
@@ -253,17 +267,22 @@ def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: 
     BLOCK_M, BLOCK_N, BLOCK_D = max(16, 1 << (group * T - 1).bit_length()), 64, block_d(D)
     n_splits = decode_splits(B, Hkv, S, BLOCK_N, sm_count(q.device))
     chunk = triton.cdiv(triton.cdiv(S, n_splits), BLOCK_N) * BLOCK_N
-    part_o = torch.empty(B * Hkv * n_splits * BLOCK_M, BLOCK_D, dtype=torch.float32, device=q.device)
-    part_ml = torch.empty(B * Hkv * n_splits * BLOCK_M, 2, dtype=torch.float32, device=q.device)
+    direct = n_splits == 1
+    scratch = 0 if direct else B * Hkv * n_splits * BLOCK_M                     # rows of partials to merge
+    part_o = torch.empty(scratch, BLOCK_D, dtype=torch.float32, device=q.device)
+    part_ml = torch.empty(scratch, 2, dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
     kernel, fixed = (flash_decode_kernel, {"BLOCK_N": BLOCK_N}) if INTERPRET else (decode_tuned(), {})
     quant = k_scale is not None
     ks, vs = (k_scale, v_scale) if quant else (k, v)                           # unread without QUANT
     launcher(kernel)[(B * Hkv, n_splits)](
-        q, k, v, ks, vs, pos, part_o, part_ml, 1.4426950408889634 / math.sqrt(D), S, T, Hkv, group, D, chunk,
+        q, k, v, ks, vs, pos, part_o, part_ml, out, 1.4426950408889634 / math.sqrt(D), S, T, Hkv, group, D, chunk,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1), pos.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, QUANT=quant, **fixed)
+        out.stride(0), out.stride(1), out.stride(2), BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, QUANT=quant, DIRECT=direct,
+        **fixed)
+    if direct:
+        return out
     launcher(flash_decode_merge_kernel)[(B * Hkv, group * T)](
         part_o, part_ml, out, T, Hkv, group, n_splits, D, out.stride(0), out.stride(1), out.stride(2),
         BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_S=min(64, triton.next_power_of_2(n_splits)),

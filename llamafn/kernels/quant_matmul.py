@@ -15,9 +15,14 @@ Two kernels a format, chosen by the launcher from the number of rows M of x:
   (I2F conversions, each group reduced across warps). Measured on an H100 with the weights streamed
   from HBM, the time hardly depends on the rows (18.5-23 us for the 7B wqkv over every config but the
   widest), so the kernel is not bound by instruction issue.
-  The activations are laid out by `int8_gemv_activations` / `int4_gemv_activations` (x' of byte or
-  nibble i of every word contiguous, so its loads vectorise like the weights'); inside the custom op
-  these are torch ops, so inductor fuses them into the producer of x (the RMSNorm or the SwiGLU).
+  The int8 kernel reads x in its own dtype as 4 planes, byte j of word w against x[j KW + w], so that the
+  loads of each plane are contiguous and vectorise like the weights' (a strided or reshaped load of x in
+  its natural order put 8 barriers and shared-memory round trips in the loop, in the SASS). The planes
+  are x itself for a weight whose columns are stored in that order (`Int8GemvWeight`,
+  llamafn.quant.planar), else a transposed copy of x (`int8_gemv_planes`); the dot kernel gathers x in a
+  planar weight's column order. The int4 kernel's x' is laid
+  out by `int4_gemv_activations`, pre-scaled. Inside the custom op these layouts are torch ops, so
+  inductor fuses them into the producer of x (the RMSNorm or the SwiGLU) where that is its own kernel.
 - `dot` (M > 1, or a K the words do not fit): the tile is dequantised to the activations' dtype and fed
   to `tl.dot` (tensor cores), fp32 accumulation, rows of x padded to BLOCK_M >= 16.
 
@@ -62,16 +67,16 @@ if triton is not None:
 
     @triton.jit
     def activations(x_row, i, KW, word, in_k):
-        """x' of byte or nibble i of the given words (zeros past K)."""
-        return tl.load(x_row + i * KW + word, mask=in_k, other=0.0)
+        """Plane i of x at the given words, as fp32 (zeros past K)."""
+        return tl.load(x_row + i * KW + word, mask=in_k, other=0.0).to(tl.float32)
 
     @triton.jit
     def int8_gemv_kernel(x_ptr, q_ptr, s_ptr, out_ptr, N, KW, stride_xm, stride_qn, stride_om, magic,
                          BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
-        """One row of x against BLOCK_N rows of int8 words: x_ptr (M, 4, KW) fp32 with x'[j, w] = x[4w + j] 2^8,
-        q_ptr (N, KW) int32, byte j of word w at bits 8j. Each byte is moved to bits 15-22, its sign bit
-        flipped (u = q + 128) and set in 1.0's mantissa: f = 1 + u 2^-8, so f x' = x' + (q + 128) x and
-        sum q x = sum f x' - 1.5 sum x' (magic = 0x3FC00000)."""
+        """One row of x against BLOCK_N rows of int8 words: x_ptr (M, 4, KW) planes, plane j at word w the
+        input of byte j of word w, q_ptr (N, KW) int32, byte j at bits 8j. Each byte is moved to bits 15-22,
+        its sign bit flipped (u = q + 128) and set in 1.0's mantissa: f = 1 + u 2^-8, so f x = x + (q + 128) x
+        2^-8 exactly and sum q x = 2^8 (sum f x - 1.5 sum x) (magic = 0x3FC00000)."""
         pid_n, m = tl.program_id(0), tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
         rows = tl.minimum(rn, N - 1)                                                  # (BN,) in bounds
@@ -84,11 +89,11 @@ if triton is not None:
             words = tl.load(q_ptr + rows[:, None] * stride_qn + word[None, :], mask=in_k[None, :], other=0)   # (BN, BW)
             xs = tl.zeros((BLOCK_W,), dtype=tl.float32)
             for j in tl.static_range(4):
-                xj = activations(x_row, j, KW, word, in_k)                            # (BW,) x' of byte j
+                xj = activations(x_row, j, KW, word, in_k)                            # (BW,) x of byte j
                 acc += exponent_trick(shifted(words, 15 - 8 * j), 0x7F8000, magic) * xj[None, :]
                 xs += xj
             acc -= 1.5 * xs[None, :]
-        out = tl.sum(acc, axis=1) * tl.load(s_ptr + rows).to(tl.float32)             # (BN,)
+        out = tl.sum(acc, axis=1) * 256.0 * tl.load(s_ptr + rows).to(tl.float32)     # (BN,)
         tl.store(out_ptr + m * stride_om + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
 
     @triton.jit
@@ -140,7 +145,9 @@ if triton is not None:
 
     @triton.jit
     def int8_dot_kernel(x_ptr, q_ptr, s_ptr, out_ptr, M, N, K, stride_xm, stride_qn, stride_om,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PLANAR: tl.constexpr):
+        """PLANAR: q's columns are in plane order (column 4w + j is input j K/4 + w), so x is gathered in
+        that order."""
         pid_n, pid_m = tl.program_id(0), tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                                  # (BM,)
@@ -149,7 +156,8 @@ if triton is not None:
             rk = k0 + tl.arange(0, BLOCK_K)                                           # (BK,)
             w = tl.load(q_ptr + rn[:, None] * stride_qn + rk[None, :],
                         mask=(rn[:, None] < N) & (rk[None, :] < K), other=0)          # (BN, BK) int8
-            x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :],
+            xk = (rk % 4) * (K // 4) + rk // 4 if PLANAR else rk                      # (BK,) inputs of the columns
+            x = tl.load(x_ptr + rm[:, None] * stride_xm + xk[None, :],
                         mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)        # (BM, BK)
             acc += dot(x, tl.trans(w.to(x.dtype)))                                    # (BM, BN)
         scale = tl.load(s_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)            # (BN,)
@@ -189,12 +197,13 @@ MAGIC_INT8 = 0x3FC00000         # 1.0f with bit 22 set: XOR-ed in, it flips the 
 
 def _gemv_configs(name: str, group: int) -> list:
     """Autotuning candidates for the gemv kernels: BLOCK_N rows a program (held in every thread, so each
-    loaded x' is used BLOCK_N times) and one or two vectors of 4 words a thread and row in each iteration;
-    one stage, as nothing feeds tl.dot."""
+    loaded x is used BLOCK_N times) and one or two vectors of 4 words a thread and row in each iteration
+    (one for int8: at two, a 16-bit x is loaded 8 values a vector against the weights' 4 words, and the
+    layouts meet through shared memory); one stage, as nothing feeds tl.dot."""
     out = []
     for bn in (1, 2, 4, 8):
         for warps in (2, 4, 8):
-            for reps in (1, 2) if bn < 8 else (1,):                                  # 8 rows x 2 spill registers
+            for reps in (1, 2) if bn < 8 and name == "int4" else (1,):               # 8 rows x 2 spill registers
                 words = 4 * 32 * warps * reps
                 tile = {"BLOCK_W": words} if name == "int8" else {"BLOCK_G": max(1, words // (group // 8))}
                 out.append(triton.Config({"BLOCK_N": bn, **tile}, num_warps=warps, num_stages=1))
@@ -245,10 +254,11 @@ def as_words(q: torch.Tensor) -> torch.Tensor | None:
     return q.view(torch.int32)
 
 
-def int8_gemv_activations(x: torch.Tensor) -> torch.Tensor:
-    """x (M, K) -> x' (M, 4, K/4) fp32, x'[m, j, w] = x[m, 4w + j] * 2^8 (int8_gemv_kernel)."""
+def int8_gemv_planes(x: torch.Tensor) -> torch.Tensor:
+    """x (M, K) -> planes (M, 4, K/4) in x's dtype, planes[m, j, w] = x[m, 4w + j]: the inputs of byte j of
+    word w of a weight in natural column order (int8_gemv_kernel)."""
     M, K = x.shape
-    return (x.float() * 256).view(M, K // 4, 4).transpose(1, 2).contiguous()
+    return x.view(M, K // 4, 4).transpose(1, 2).contiguous()
 
 
 def int4_gemv_activations(x: torch.Tensor) -> torch.Tensor:
@@ -270,7 +280,8 @@ def dot_grid(N: int, M: int):
 
 
 def int8_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """x' (M, 4, KW) from int8_gemv_activations, int8 weight words (N, KW) int32, scale (N,) -> (M, N) in dtype."""
+    """x planes (M, 4, KW) (int8_gemv_planes, or x (M, K) itself for a planar weight), int8 weight words
+    (N, KW) int32, scale (N,) -> (M, N) in dtype."""
     M, N, KW = xw.shape[0], words.shape[0], words.shape[1]
     out = torch.empty(M, N, dtype=dtype, device=xw.device)
     kernel, fixed = _kernel("int8", True, M)
@@ -296,17 +307,19 @@ def uses_gemv(M: int, words: torch.Tensor | None, use_dot: bool | None) -> bool:
     return words is not None and (M == 1 if use_dot is None else not use_dot)
 
 
-def int8_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+def int8_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, planar: bool = False,
                        use_dot: bool | None = None) -> torch.Tensor:
-    """x (M, K) float, q (N, K) int8, scale (N,) -> (M, N) in x's dtype, by the gemv or the dot kernel."""
+    """x (M, K) float, q (N, K) int8 (columns in plane order if `planar`), scale (N,) -> (M, N) in x's
+    dtype, by the gemv or the dot kernel."""
     M, K = x.shape
     N = q.shape[0]
     words = as_words(q)
     if uses_gemv(M, words, use_dot):
-        return int8_gemv(int8_gemv_activations(x), words, scale, x.dtype)
+        return int8_gemv(x if planar else int8_gemv_planes(x), words, scale, x.dtype)
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     kernel, fixed = _kernel("int8", False, M)
-    launcher(kernel)[dot_grid(N, M)](x, q, scale, out, M, N, K, x.stride(0), q.stride(0), out.stride(0), **fixed)
+    launcher(kernel)[dot_grid(N, M)](x, q, scale, out, M, N, K, x.stride(0), q.stride(0), out.stride(0),
+                                     PLANAR=planar, **fixed)
     return out
 
 
@@ -335,9 +348,10 @@ def int4_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, ze
 
 if triton is not None:
     @torch.library.triton_op("llamafn::int8_matmul", mutates_args=())
-    def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """x (M, K) @ dequantised int8 weight (N, K)^T -> (M, N), on the GPU."""
-        return int8_matmul_launch(x, q, scale)
+    def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, planar: bool = False) -> torch.Tensor:
+        """x (M, K) @ dequantised int8 weight (N, K)^T -> (M, N), on the GPU; `planar`: q's columns are in
+        the gemv's plane order (Int8GemvWeight)."""
+        return int8_matmul_launch(x, q, scale, planar)
 
     @torch.library.triton_op("llamafn::int4_matmul", mutates_args=())
     def int4_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,

@@ -9,6 +9,8 @@ the params dict where a (out_features, in_features) matrix sat.
 - `Int4TinyGemmWeight`: an Int4Weight repacked for PyTorch's tinygemm kernel on the device that runs
   it (llamafn.quant.tinygemm); a run-time layout that is never saved, and the one type whose fields
   are not laid out by output channel (so it holds matrices, never the embedding table).
+- `Int8GemvWeight`: an Int8Weight with each row's columns in the int8 GEMV's plane order
+  (llamafn.quant.planar); a run-time layout that is never saved, for matrices only.
 
 Every field has the output channels on dim 0, so row gathers (embedding lookups) and row concatenation
 (`params.fuse`) act field by field. The group size is not stored: it is the power of two for which
@@ -83,11 +85,25 @@ class Int4TinyGemmWeight(NamedTuple):
         return self.shape[1] // self.scales_and_zeros.shape[0]
 
 
-QuantWeight = Int8Weight | Int4Weight | Int4TinyGemmWeight
+class Int8GemvWeight(NamedTuple):
+    """An Int8Weight whose columns are stored in plane order: column 4w + j of q is input j K/4 + w
+    (llamafn.quant.planar); a run-time layout, never saved."""
+    q: torch.Tensor        # (N, K) int8, planar columns
+    scale: torch.Tensor    # (N,) float
+
+    dtype = SCALE_DTYPE
+    device = DEVICE
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+
+QuantWeight = Int8Weight | Int4Weight | Int4TinyGemmWeight | Int8GemvWeight
 
 
 def is_quantized(w: object) -> bool:
-    return isinstance(w, (Int8Weight, Int4Weight, Int4TinyGemmWeight))
+    return isinstance(w, (Int8Weight, Int4Weight, Int4TinyGemmWeight, Int8GemvWeight))
 
 
 def stored_scale(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -143,6 +159,9 @@ def dequantize(w: QuantWeight, dtype: torch.dtype | None = None) -> torch.Tensor
         from .tinygemm import tinygemm_matmul                                 # the kernel is the only reader of its layout
         eye = torch.eye(w.shape[1], dtype=torch.bfloat16, device=w.device)
         return tinygemm_matmul(eye, w).T.to(dtype)                           # I (K, K) @ w^T -> (K, N)
+    if isinstance(w, Int8GemvWeight):
+        N, K = w.shape
+        w = Int8Weight(w.q.view(N, K // 4, 4).transpose(1, 2).reshape(N, K), w.scale)   # natural column order
     if isinstance(w, Int8Weight):
         return (w.q.float() * w.scale.float()[..., None]).to(dtype)
     N, K = w.shape

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import InputError
-from .formats import GROUP_SIZES, Int4TinyGemmWeight, Int4Weight, Int8Weight, dequantize, is_quantized, quantize_weight
+from .formats import (GROUP_SIZES, Int4TinyGemmWeight, Int4Weight, Int8GemvWeight, Int8Weight, dequantize, is_quantized,
+                      quantize_weight)
 
 if TYPE_CHECKING:
     from ..params import Params
@@ -76,7 +77,8 @@ def dequantize_params(params: Params, dtype: torch.dtype | None = None) -> Param
 
 def scheme_of(params: Params) -> str | None:
     """"int8", "int4", "int8+int4" for a mix, or None for float params."""
-    kinds = sorted({"int8" if isinstance(v, Int8Weight) else "int4" for v in params.values() if is_quantized(v)})
+    kinds = sorted({"int8" if isinstance(v, (Int8Weight, Int8GemvWeight)) else "int4"
+                    for v in params.values() if is_quantized(v)})
     return "+".join(kinds) or None
 
 
@@ -84,9 +86,10 @@ def to_tensors(params: Params) -> dict[str, torch.Tensor]:
     """The storage layout: each quantised weight becomes `<key>.<field>` tensors."""
     out: dict[str, torch.Tensor] = {}
     for k, v in params.items():
-        if isinstance(v, Int4TinyGemmWeight):
-            raise InputError(f"{k} is in tinygemm's run-time layout (llamafn.quant.tinygemm), which is not saved: "
-                             f"save the params from before for_tinygemm")
+        if isinstance(v, (Int4TinyGemmWeight, Int8GemvWeight)):
+            made_by = "tinygemm.for_tinygemm" if isinstance(v, Int4TinyGemmWeight) else "planar.for_gemv"
+            raise InputError(f"{k} is in a run-time layout ({type(v).__name__}), which is not saved: "
+                             f"save the params from before {made_by}")
         if is_quantized(v):
             out.update({f"{k}.{name}": t for name, t in zip(FIELDS[type(v)], v)})
         else:

@@ -89,10 +89,11 @@ def test_the_prefill_kernel_with_positions_equals_flash_decoding(seed, shape, dt
     close(fa.flash_decode_launch(q, k, v, pos), q, k, v, pos)
 
 
-@pytest.mark.parametrize("n_splits", [3, 70])
+@pytest.mark.parametrize("n_splits", [1, 3, 70])
 def test_the_merge_of_many_splits_some_empty(monkeypatch, n_splits):
     """More splits than the merge loads in one step (70 > 64, a 64-key tile each), every split visible
-    to the first row and all but the first empty for the second (max -inf, sum 0)."""
+    to the first row and all but the first empty for the second (max -inf, sum 0); and one split, which
+    writes the output itself."""
     monkeypatch.setattr(fa, "decode_splits", lambda *_: n_splits)
     q, k, v = tensors(0, 2, 4, 2, 1, 64 * 70, 16, torch.float32)
     pos = torch.tensor([[64 * 70 - 1], [40]], device=DEVICE)
@@ -101,12 +102,13 @@ def test_the_merge_of_many_splits_some_empty(monkeypatch, n_splits):
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter launches one fixed tile, not the tuner's configs")
 @pytest.mark.parametrize("heads", [(8, 2), (4, 4)])
-def test_every_decode_config(monkeypatch, heads):
-    """Every autotuning candidate of flash-decoding (the tuner may pick any), GQA and MHA, over a cache
-    length off the tiles."""
+@pytest.mark.parametrize("n_keys", [1000, 200])
+def test_every_decode_config(monkeypatch, heads, n_keys):
+    """Every autotuning candidate of flash-decoding (the tuner may pick any), GQA and MHA, over cache
+    lengths off the tiles: split and merged, and short enough for one split written directly."""
     H, Hkv = heads
-    q, k, v = tensors(0, 2, H, Hkv, 1, 1000, 128, torch.bfloat16)
-    pos = torch.tensor([[999], [321]], device=DEVICE)
+    q, k, v = tensors(0, 2, H, Hkv, 1, n_keys, 128, torch.bfloat16)
+    pos = torch.tensor([[n_keys - 1], [121]], device=DEVICE)
     for config in EVERY_DECODE_CONFIG():
         monkeypatch.setattr(fa, "decode_configs", lambda: [config])
         fa.decode_tuned.cache_clear()

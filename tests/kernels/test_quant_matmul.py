@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from llamafn.kernels import quant_matmul
 from llamafn.quant.formats import (GROUP_SIZES, Int4Weight, Int8Weight, dequantize, pack_int4, quantize_int4,
                                    quantize_int8)
+from llamafn.quant.planar import to_planar
 from tests.strategies import seeds
 
 pytestmark = pytest.mark.skipif(quant_matmul.triton is None, reason="triton is not installed")
@@ -63,6 +64,17 @@ def test_int8_kernel(seed, path, n, k, dtype):
     check(quant_matmul.int8_matmul_launch(x, q.q, q.scale, use_dot=use_dot), x, q)
 
 
+@given(seeds(), paths(), st.integers(1, 40), st.integers(1, 75).map(lambda h: 4 * h), st.sampled_from(DTYPES))
+def test_int8_kernel_on_a_planar_weight(seed, path, n, k, dtype):
+    """A weight stored in the gemv's plane order (Int8GemvWeight) gives the natural weight's product on
+    both paths: the gemv reads x as its planes, the dot kernel gathers x in the stored order."""
+    use_dot, m = path
+    x, w = inputs(seed, m, n, k, dtype)
+    q = quantize_int8(w)
+    p = to_planar(q)
+    check(quant_matmul.int8_matmul_launch(x, p.q, p.scale, planar=True, use_dot=use_dot), x, q)
+
+
 @given(seeds(), paths(), st.integers(1, 40), st.integers(1, 160).map(lambda h: 2 * h),
        st.sampled_from(GROUP_SIZES), st.sampled_from(DTYPES))
 def test_int4_kernel(seed, path, n, k, group, dtype):
@@ -75,14 +87,14 @@ def test_int4_kernel(seed, path, n, k, group, dtype):
 
 @given(seeds(), st.integers(1, 24).map(lambda h: 8 * h), st.sampled_from(GROUP_SIZES))
 def test_gemv_activations_are_laid_out_by_word(seed, k, group):
-    """x'[i, w] is x[8w + i] (int4; 4w + j for int8) times the power of two the exponent trick needs, and
-    the gemv path runs where the words fit."""
+    """x'[i, w] is x[8w + i] times the power of two the exponent trick needs (int4), the int8 planes are
+    x[4w + j] in x's dtype, and the gemv path runs where the words fit."""
     x, w = inputs(seed, 2, 3, k, torch.float32)
-    x4, x8 = quant_matmul.int4_gemv_activations(x), quant_matmul.int8_gemv_activations(x)
-    assert x4.shape == (2, 8, k // 8) and x8.shape == (2, 4, k // 4)
+    x4, x8 = quant_matmul.int4_gemv_activations(x), quant_matmul.int8_gemv_planes(x)
+    assert x4.shape == (2, 8, k // 8) and x8.shape == (2, 4, k // 4) and x8.dtype == x.dtype
     powers = torch.tensor([256.0, 16.0] * 4, device=DEVICE)
     torch.testing.assert_close(x4.transpose(1, 2).reshape(2, k) / powers.repeat(k // 8), x, rtol=0, atol=0)
-    torch.testing.assert_close(x8.transpose(1, 2).reshape(2, k) / 256, x, rtol=0, atol=0)
+    torch.testing.assert_close(x8.transpose(1, 2).reshape(2, k), x, rtol=0, atol=0)
     assert quant_matmul.as_words(quantize_int4(w, group).q) is not None
     assert quant_matmul.as_words(quantize_int4(w, group).q[:, 1:]) is None          # misaligned rows
 
@@ -116,7 +128,7 @@ def test_every_gemv_config(name):
         out = torch.empty(1, N, dtype=dtype, device=DEVICE)
         launch = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
         if name == "int8":
-            xw = quant_matmul.int8_gemv_activations(x)
+            xw = quant_matmul.int8_gemv_planes(x)
             quant_matmul.int8_gemv_kernel[quant_matmul.gemv_grid(N, 1)](
                 xw, words, q.scale, out, N, KW, xw.stride(0), words.stride(0), out.stride(0), quant_matmul.MAGIC_INT8,
                 **launch)
@@ -138,7 +150,7 @@ def test_custom_ops_compile_fullgraph():
     from llamafn.quant import linear
 
     x, w = inputs(0, 1, 256, 512, torch.bfloat16)
-    for q in (quantize_int8(w), quantize_int4(w, 64)):
+    for q in (quantize_int8(w), to_planar(quantize_int8(w)), quantize_int4(w, 64)):
         compiled = torch.compile(linear, fullgraph=True)
         torch.testing.assert_close(compiled(x, q), linear(x, q))
         check(linear(x, q), x, q)

@@ -1,0 +1,36 @@
+"""The int8 GEMV's plane order as a second layout of an Int8Weight, so that batch-1 decode reads x as
+it is.
+
+The int8 GEMV kernel (llamafn.kernels.quant_matmul) reads 4 weights a 32-bit word and needs, for byte j
+of the words it holds, a contiguous run of inputs. In natural column order those are every fourth
+input, so each product first copies x into 4 planes (`int8_gemv_planes`), a kernel of its own after a
+Triton producer (the fused add + RMSNorm, the SwiGLU). Storing each row's columns in plane order
+instead, column 4w + j holding input j K/4 + w, makes the planes x itself. The dot kernel (more rows)
+reads the same stored weight, gathering x in that order.
+"""
+
+from __future__ import annotations
+
+from ..errors import InputError
+from .formats import Int8GemvWeight, Int8Weight
+
+
+def fits(w: Int8Weight) -> bool:
+    """K a multiple of 4 (the words of a row)."""
+    return w.shape[1] % 4 == 0
+
+
+def to_planar(w: Int8Weight) -> Int8GemvWeight:
+    """The same weight with each row's columns in plane order: q'[:, 4w + j] = q[:, j K/4 + w]."""
+    if not fits(w):
+        raise InputError(f"an int8 weight of shape {tuple(w.shape)} does not fit the GEMV's planes (K % 4 == 0)")
+    N, K = w.shape
+    return Int8GemvWeight(w.q.view(N, 4, K // 4).transpose(1, 2).reshape(N, K).contiguous(), w.scale)   # (N, K/4, 4)
+
+
+def for_gemv(params: dict) -> dict:
+    """A new params dict with every int8 matrix that fits in plane order, the rest unchanged. The embedding
+    table stays (a looked-up row is used as it is stored). Rows keep their meaning, so `params.fuse`
+    works before or after."""
+    return {key: to_planar(value) if isinstance(value, Int8Weight) and key != "tok_embeddings.weight"
+            and fits(value) else value for key, value in params.items()}

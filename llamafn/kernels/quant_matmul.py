@@ -41,6 +41,7 @@ with one fixed config (tests); on a GPU each kernel is autotuned per (M class, N
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .runtime import INTERPRET, launcher, triton
 
@@ -71,18 +72,10 @@ if triton is not None:
         return tl.load(x_row + i * KW + word, mask=in_k, other=0.0).to(tl.float32)
 
     @triton.jit
-    def int8_gemv_kernel(x_ptr, q_ptr, s_ptr, out_ptr, N, KW, stride_xm, stride_qn, stride_om, magic,
-                         BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
-        """One row of x against BLOCK_N rows of int8 words: x_ptr (M, 4, KW) planes, plane j at word w the
-        input of byte j of word w, q_ptr (N, KW) int32, byte j at bits 8j. Each byte is moved to bits 15-22,
-        its sign bit flipped (u = q + 128) and set in 1.0's mantissa: f = 1 + u 2^-8, so f x = x + (q + 128) x
-        2^-8 exactly and sum q x = 2^8 (sum f x - 1.5 sum x) (magic = 0x3FC00000)."""
-        pid_n, m = tl.program_id(0), tl.program_id(1)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
-        rows = tl.minimum(rn, N - 1)                                                  # (BN,) in bounds
+    def int8_rows_dot(x_row, q_ptr, rows, KW, stride_qn, magic, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+        """sum_k q[r, k] x[k] for the BLOCK_N weight rows `rows` (see int8_gemv_kernel) -> (BN,) fp32."""
         rw = tl.arange(0, BLOCK_W)                                                    # (BW,)
         acc = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
-        x_row = x_ptr + m * stride_xm
         for w0 in range(0, KW, BLOCK_W):
             word = w0 + rw                                                            # (BW,)
             in_k = word < KW
@@ -93,7 +86,25 @@ if triton is not None:
                 acc += exponent_trick(shifted(words, 15 - 8 * j), 0x7F8000, magic) * xj[None, :]
                 xs += xj
             acc -= 1.5 * xs[None, :]
-        out = tl.sum(acc, axis=1) * 256.0 * tl.load(s_ptr + rows).to(tl.float32)     # (BN,)
+        return tl.sum(acc, axis=1) * 256.0
+
+    @triton.jit
+    def int8_gemv_kernel(x_ptr, q_ptr, s_ptr, out_ptr, N, KW, stride_xm, stride_qn, stride_om, magic,
+                         BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, GATED: tl.constexpr):
+        """One row of x against BLOCK_N rows of int8 words: x_ptr (M, 4, KW) planes, plane j at word w the
+        input of byte j of word w, q_ptr (N, KW) int32, byte j at bits 8j. Each byte is moved to bits 15-22,
+        its sign bit flipped (u = q + 128) and set in 1.0's mantissa: f = 1 + u 2^-8, so f x = x + (q + 128) x
+        2^-8 exactly and sum q x = 2^8 (sum f x - 1.5 sum x) (magic = 0x3FC00000).
+        GATED: q holds 2N rows, gates then ups (a fused w13), and out = silu(gate) * up, N wide (SwiGLU)."""
+        pid_n, m = tl.program_id(0), tl.program_id(1)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
+        rows = tl.minimum(rn, N - 1)                                                  # (BN,) in bounds
+        x_row = x_ptr + m * stride_xm
+        out = int8_rows_dot(x_row, q_ptr, rows, KW, stride_qn, magic, BLOCK_N, BLOCK_W)
+        out *= tl.load(s_ptr + rows).to(tl.float32)                                   # (BN,)
+        if GATED:
+            up = int8_rows_dot(x_row, q_ptr, rows + N, KW, stride_qn, magic, BLOCK_N, BLOCK_W)
+            out = out / (1.0 + tl.exp(-out)) * up * tl.load(s_ptr + rows + N).to(tl.float32)
         tl.store(out_ptr + m * stride_om + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
 
     @triton.jit
@@ -237,7 +248,8 @@ def _kernel(name: str, gemv: bool, M: int, group: int = 0):
     key = (name, gemv, m_class, group)
     if key not in _TUNED:
         configs = _gemv_configs(name, group) if gemv else _dot_configs(M, group)
-        _TUNED[key] = triton.autotune(configs, key=["N", "KW"] if gemv else ["N", "K"])(kernel)
+        _TUNED[key] = triton.autotune(configs, key=["N", "KW", "GATED"] if name == "int8" and gemv
+                                      else ["N", "KW"] if gemv else ["N", "K"])(kernel)
     return _TUNED[key], {}
 
 
@@ -279,14 +291,15 @@ def dot_grid(N: int, M: int):
     return lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]))
 
 
-def int8_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def int8_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
+              gated: bool = False) -> torch.Tensor:
     """x planes (M, 4, KW) (int8_gemv_planes, or x (M, K) itself for a planar weight), int8 weight words
-    (N, KW) int32, scale (N,) -> (M, N) in dtype."""
-    M, N, KW = xw.shape[0], words.shape[0], words.shape[1]
+    (N, KW) int32, scale (N,) -> (M, N) in dtype; gated: (M, N/2), silu of the first half times the second."""
+    M, N, KW = xw.shape[0], words.shape[0] // (2 if gated else 1), words.shape[1]
     out = torch.empty(M, N, dtype=dtype, device=xw.device)
     kernel, fixed = _kernel("int8", True, M)
     launcher(kernel)[gemv_grid(N, M)](xw, words, scale, out, N, KW, xw.stride(0), words.stride(0), out.stride(0),
-                                      MAGIC_INT8, **fixed)
+                                      MAGIC_INT8, GATED=gated, **fixed)
     return out
 
 
@@ -308,14 +321,18 @@ def uses_gemv(M: int, words: torch.Tensor | None, use_dot: bool | None) -> bool:
 
 
 def int8_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, planar: bool = False,
-                       use_dot: bool | None = None) -> torch.Tensor:
+                       gated: bool = False, use_dot: bool | None = None) -> torch.Tensor:
     """x (M, K) float, q (N, K) int8 (columns in plane order if `planar`), scale (N,) -> (M, N) in x's
-    dtype, by the gemv or the dot kernel."""
+    dtype, by the gemv or the dot kernel. `gated` (q a fused w13, gates then ups): silu(gate) * up,
+    (M, N/2), in the gemv's epilogue."""
     M, K = x.shape
     N = q.shape[0]
     words = as_words(q)
     if uses_gemv(M, words, use_dot):
-        return int8_gemv(x if planar else int8_gemv_planes(x), words, scale, x.dtype)
+        return int8_gemv(x if planar else int8_gemv_planes(x), words, scale, x.dtype, gated)
+    if gated:
+        gate, up = int8_matmul_launch(x, q, scale, planar, use_dot=use_dot).chunk(2, dim=-1)   # (M, N/2) each
+        return F.silu(gate) * up
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     kernel, fixed = _kernel("int8", False, M)
     launcher(kernel)[dot_grid(N, M)](x, q, scale, out, M, N, K, x.stride(0), q.stride(0), out.stride(0),
@@ -348,10 +365,11 @@ def int4_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, ze
 
 if triton is not None:
     @torch.library.triton_op("llamafn::int8_matmul", mutates_args=())
-    def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, planar: bool = False) -> torch.Tensor:
+    def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, planar: bool = False,
+                    gated: bool = False) -> torch.Tensor:
         """x (M, K) @ dequantised int8 weight (N, K)^T -> (M, N), on the GPU; `planar`: q's columns are in
-        the gemv's plane order (Int8GemvWeight)."""
-        return int8_matmul_launch(x, q, scale, planar)
+        the gemv's plane order (Int8GemvWeight); `gated`: silu(gate) * up of a fused w13, (M, N/2)."""
+        return int8_matmul_launch(x, q, scale, planar, gated)
 
     @torch.library.triton_op("llamafn::int4_matmul", mutates_args=())
     def int4_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,

@@ -19,8 +19,8 @@ Two kernels a format, chosen by the launcher from the number of rows M of x:
   loads of each plane are contiguous and vectorise like the weights' (a strided or reshaped load of x in
   its natural order put 8 barriers and shared-memory round trips in the loop, in the SASS). The planes
   are x itself for a weight whose columns are stored in that order (`Int8GemvWeight`,
-  llamafn.quant.planar), else a transposed copy of x (`int8_gemv_planes`); the dot kernel gathers x in a
-  planar weight's column order. The int4 kernel's x' is laid
+  llamafn.quant.planar), else a transposed copy of x (`int8_gemv_planes`); the dot kernel takes x
+  permuted to a planar weight's column order (`planar_columns`). The int4 kernel's x' is laid
   out by `int4_gemv_activations`, pre-scaled. Inside the custom op these layouts are torch ops, so
   inductor fuses them into the producer of x (the RMSNorm or the SwiGLU) where that is its own kernel.
 - `dot` (M > 1, or a K the words do not fit): the tile is dequantised to the activations' dtype and fed
@@ -72,10 +72,10 @@ if triton is not None:
         return tl.load(x_row + i * KW + word, mask=in_k, other=0.0).to(tl.float32)
 
     @triton.jit
-    def int8_rows_dot(x_row, q_ptr, rows, KW, stride_qn, magic, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
-        """sum_k q[r, k] x[k] for the BLOCK_N weight rows `rows` (see int8_gemv_kernel) -> (BN,) fp32."""
+    def int8_rows_dot(x_row, q_ptr, rows, KW, stride_qn, magic, ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
+        """sum_k q[r, k] x[k] for the ROWS weight rows `rows` (see int8_gemv_kernel) -> (ROWS,) fp32."""
         rw = tl.arange(0, BLOCK_W)                                                    # (BW,)
-        acc = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
+        acc = tl.zeros((ROWS, BLOCK_W), dtype=tl.float32)
         for w0 in range(0, KW, BLOCK_W):
             word = w0 + rw                                                            # (BW,)
             in_k = word < KW
@@ -95,16 +95,23 @@ if triton is not None:
         input of byte j of word w, q_ptr (N, KW) int32, byte j at bits 8j. Each byte is moved to bits 15-22,
         its sign bit flipped (u = q + 128) and set in 1.0's mantissa: f = 1 + u 2^-8, so f x = x + (q + 128) x
         2^-8 exactly and sum q x = 2^8 (sum f x - 1.5 sum x) (magic = 0x3FC00000).
-        GATED: q holds 2N rows, gates then ups (a fused w13), and out = silu(gate) * up, N wide (SwiGLU)."""
+        GATED: q holds 2N rows, gates then ups (a fused w13), and out = silu(gate) * up, N wide (SwiGLU): the
+        program streams its gate rows and their up rows in the same loop (one loop after the other was
+        slower on an H100: the 7B step's int8 gemvs took 127 us more, the SwiGLU kernel it saved 47)."""
         pid_n, m = tl.program_id(0), tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
-        rows = tl.minimum(rn, N - 1)                                                  # (BN,) in bounds
         x_row = x_ptr + m * stride_xm
-        out = int8_rows_dot(x_row, q_ptr, rows, KW, stride_qn, magic, BLOCK_N, BLOCK_W)
-        out *= tl.load(s_ptr + rows).to(tl.float32)                                   # (BN,)
         if GATED:
-            up = int8_rows_dot(x_row, q_ptr, rows + N, KW, stride_qn, magic, BLOCK_N, BLOCK_W)
-            out = out / (1.0 + tl.exp(-out)) * up * tl.load(s_ptr + rows + N).to(tl.float32)
+            r = tl.arange(0, 2 * BLOCK_N)                                             # (2BN,) gate, up, gate, up, ...
+            rows = tl.minimum(pid_n * BLOCK_N + r // 2, N - 1) + (r % 2) * N
+            sums = int8_rows_dot(x_row, q_ptr, rows, KW, stride_qn, magic, 2 * BLOCK_N, BLOCK_W)
+            sums *= tl.load(s_ptr + rows).to(tl.float32)
+            gate, up = tl.split(tl.reshape(sums, (BLOCK_N, 2)))                      # (BN,) each
+            out = gate / (1.0 + tl.exp(-gate)) * up
+        else:
+            rows = tl.minimum(rn, N - 1)                                              # (BN,) in bounds
+            out = int8_rows_dot(x_row, q_ptr, rows, KW, stride_qn, magic, BLOCK_N, BLOCK_W)
+            out *= tl.load(s_ptr + rows).to(tl.float32)                               # (BN,)
         tl.store(out_ptr + m * stride_om + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
 
     @triton.jit
@@ -156,9 +163,7 @@ if triton is not None:
 
     @triton.jit
     def int8_dot_kernel(x_ptr, q_ptr, s_ptr, out_ptr, M, N, K, stride_xm, stride_qn, stride_om,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PLANAR: tl.constexpr):
-        """PLANAR: q's columns are in plane order (column 4w + j is input j K/4 + w), so x is gathered in
-        that order."""
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         pid_n, pid_m = tl.program_id(0), tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                                  # (BM,)
@@ -167,8 +172,7 @@ if triton is not None:
             rk = k0 + tl.arange(0, BLOCK_K)                                           # (BK,)
             w = tl.load(q_ptr + rn[:, None] * stride_qn + rk[None, :],
                         mask=(rn[:, None] < N) & (rk[None, :] < K), other=0)          # (BN, BK) int8
-            xk = (rk % 4) * (K // 4) + rk // 4 if PLANAR else rk                      # (BK,) inputs of the columns
-            x = tl.load(x_ptr + rm[:, None] * stride_xm + xk[None, :],
+            x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :],
                         mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)        # (BM, BK)
             acc += dot(x, tl.trans(w.to(x.dtype)))                                    # (BM, BN)
         scale = tl.load(s_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)            # (BN,)
@@ -281,6 +285,14 @@ def int4_gemv_activations(x: torch.Tensor) -> torch.Tensor:
     return scaled.view(M, K // 8, 8).transpose(1, 2).contiguous()
 
 
+def planar_columns(x: torch.Tensor) -> torch.Tensor:
+    """x (M, K) -> (M, K) in the column order of a planar weight (Int8GemvWeight): column 4w + j holds
+    x[:, j K/4 + w], so x @ planar^T is the product with the natural weight. (Gathering x in that order
+    inside the dot kernel instead took 1.9-3.2x as long on an H100 at 2-4 rows.)"""
+    M, K = x.shape
+    return x.view(M, 4, K // 4).transpose(1, 2).reshape(M, K)
+
+
 def gemv_grid(N: int, M: int):
     """Programs of the gemv kernels: BLOCK_N weight rows by one row of x each."""
     return lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), M)
@@ -333,10 +345,11 @@ def int8_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, pl
     if gated:
         gate, up = int8_matmul_launch(x, q, scale, planar, use_dot=use_dot).chunk(2, dim=-1)   # (M, N/2) each
         return F.silu(gate) * up
+    if planar:
+        x = planar_columns(x)
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     kernel, fixed = _kernel("int8", False, M)
-    launcher(kernel)[dot_grid(N, M)](x, q, scale, out, M, N, K, x.stride(0), q.stride(0), out.stride(0),
-                                     PLANAR=planar, **fixed)
+    launcher(kernel)[dot_grid(N, M)](x, q, scale, out, M, N, K, x.stride(0), q.stride(0), out.stride(0), **fixed)
     return out
 
 

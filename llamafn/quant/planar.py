@@ -6,7 +6,7 @@ of the words it holds, a contiguous run of inputs. In natural column order those
 input, so each product first copies x into 4 planes (`int8_gemv_planes`), a kernel of its own after a
 Triton producer (the fused add + RMSNorm, the SwiGLU). Storing each row's columns in plane order
 instead, column 4w + j holding input j K/4 + w, makes the planes x itself. The dot kernel (more rows)
-reads the same stored weight, gathering x in that order.
+reads the same stored weight against x permuted to that order (`planar_columns`).
 """
 
 from __future__ import annotations

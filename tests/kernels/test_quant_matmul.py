@@ -77,7 +77,7 @@ def test_int8_kernel(seed, path, n, k, dtype):
 @given(seeds(), paths(), st.integers(1, 40), st.integers(1, 75).map(lambda h: 4 * h), st.sampled_from(DTYPES))
 def test_int8_kernel_on_a_planar_weight(seed, path, n, k, dtype):
     """A weight stored in the gemv's plane order (Int8GemvWeight) gives the natural weight's product on
-    both paths: the gemv reads x as its planes, the dot kernel gathers x in the stored order."""
+    both paths: the gemv reads x as its planes, the dot kernel x permuted to the stored order."""
     use_dot, m = path
     x, w = inputs(seed, m, n, k, dtype)
     q = quantize_int8(w)
@@ -110,13 +110,14 @@ def test_int4_kernel(seed, path, n, k, group, dtype):
 @given(seeds(), st.integers(1, 24).map(lambda h: 8 * h), st.sampled_from(GROUP_SIZES))
 def test_gemv_activations_are_laid_out_by_word(seed, k, group):
     """x'[i, w] is x[8w + i] times the power of two the exponent trick needs (int4), the int8 planes are
-    x[4w + j] in x's dtype, and the gemv path runs where the words fit."""
+    x[4w + j] in x's dtype, `planar_columns` is their inverse, and the gemv path runs where the words fit."""
     x, w = inputs(seed, 2, 3, k, torch.float32)
     x4, x8 = quant_matmul.int4_gemv_activations(x), quant_matmul.int8_gemv_planes(x)
     assert x4.shape == (2, 8, k // 8) and x8.shape == (2, 4, k // 4) and x8.dtype == x.dtype
     powers = torch.tensor([256.0, 16.0] * 4, device=DEVICE)
     torch.testing.assert_close(x4.transpose(1, 2).reshape(2, k) / powers.repeat(k // 8), x, rtol=0, atol=0)
     torch.testing.assert_close(x8.transpose(1, 2).reshape(2, k), x, rtol=0, atol=0)
+    torch.testing.assert_close(quant_matmul.planar_columns(x8.reshape(2, k)), x, rtol=0, atol=0)
     assert quant_matmul.as_words(quantize_int4(w, group).q) is not None
     assert quant_matmul.as_words(quantize_int4(w, group).q[:, 1:]) is None          # misaligned rows
 

@@ -68,13 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kernel", choices=("int8", "int4"), default="int4")
     ap.add_argument("--group", type=int, default=128, help="int4 group size")
     ap.add_argument("--rows", type=int, help="only the configs with this many rows a program (BLOCK_N)")
-    ap.add_argument("--gated", action="store_true", help="int8: the SwiGLU epilogue variant (a fused w13)")
     args = ap.parse_args(argv)
     kernel = quant_matmul.int8_gemv_kernel if args.kernel == "int8" else quant_matmul.int4_gemv_kernel
     for config in quant_matmul._gemv_configs(args.kernel, args.group):
         if args.rows is not None and config.kwargs["BLOCK_N"] != args.rows:
             continue
-        constexprs = dict(config.kwargs) | ({"GROUP": args.group} if args.kernel == "int4" else {"GATED": args.gated})
+        constexprs = dict(config.kwargs) | ({"GROUP": args.group} if args.kernel == "int4" else {})
         compiled = compile_sm90(kernel, ARGS[args.kernel], constexprs, config.num_warps)
         sass = disassemble(compiled.asm["cubin"])
         ops = loop_opcodes(sass)

@@ -20,9 +20,9 @@ Two kernels a format, chosen by the launcher from the number of rows M of x:
   its natural order put 8 barriers and shared-memory round trips in the loop, in the SASS). The planes
   are x itself for a weight whose columns are stored in that order (`Int8GemvWeight`,
   llamafn.quant.planar), else a transposed copy of x (`int8_gemv_planes`); the dot kernel takes x
-  permuted to a planar weight's column order (`planar_columns`). The int4 kernel's x' is laid
-  out by `int4_gemv_activations`, pre-scaled. Inside the custom op these layouts are torch ops, so
-  inductor fuses them into the producer of x (the RMSNorm or the SwiGLU) where that is its own kernel.
+  permuted to a planar weight's column order (`planar_columns`). The int4 kernel's x' is laid out by
+  `int4_gemv_activations`, pre-scaled. Inside the custom op these layouts are torch ops, so inductor
+  fuses them into the producer of x (the RMSNorm or the SwiGLU) where that is its own kernel.
 - `dot` (M > 1, or a K the words do not fit): the tile is dequantised to the activations' dtype and fed
   to `tl.dot` (tensor cores), fp32 accumulation, rows of x padded to BLOCK_M >= 16.
 
@@ -41,7 +41,6 @@ with one fixed config (tests); on a GPU each kernel is autotuned per (M class, N
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .runtime import INTERPRET, launcher, triton
 
@@ -72,10 +71,20 @@ if triton is not None:
         return tl.load(x_row + i * KW + word, mask=in_k, other=0.0).to(tl.float32)
 
     @triton.jit
-    def int8_rows_dot(x_row, q_ptr, rows, KW, stride_qn, magic, ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
-        """sum_k q[r, k] x[k] for the ROWS weight rows `rows` (see int8_gemv_kernel) -> (ROWS,) fp32."""
+    def int8_gemv_kernel(x_ptr, q_ptr, s_ptr, out_ptr, N, KW, stride_xm, stride_qn, stride_om, magic,
+                         BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+        """One row of x against BLOCK_N rows of int8 words: x_ptr (M, 4, KW) planes, plane j at word w the
+        input of byte j of word w, q_ptr (N, KW) int32, byte j at bits 8j. Each byte is moved to bits 15-22,
+        its sign bit flipped (u = q + 128) and set in 1.0's mantissa: f = 1 + u 2^-8, so f x = x + (q + 128) x
+        2^-8 exactly and sum q x = 2^8 (sum f x - 1.5 sum x) (magic = 0x3FC00000).
+        Tried and slower on an H100: SwiGLU in the epilogue of a fused w13's gemv (each program its gate
+        and up rows; the 7B step's int8 gemvs took 127-170 us more, the SwiGLU kernels it saved 47)."""
+        pid_n, m = tl.program_id(0), tl.program_id(1)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
+        rows = tl.minimum(rn, N - 1)                                                  # (BN,) in bounds
         rw = tl.arange(0, BLOCK_W)                                                    # (BW,)
-        acc = tl.zeros((ROWS, BLOCK_W), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
+        x_row = x_ptr + m * stride_xm
         for w0 in range(0, KW, BLOCK_W):
             word = w0 + rw                                                            # (BW,)
             in_k = word < KW
@@ -86,32 +95,7 @@ if triton is not None:
                 acc += exponent_trick(shifted(words, 15 - 8 * j), 0x7F8000, magic) * xj[None, :]
                 xs += xj
             acc -= 1.5 * xs[None, :]
-        return tl.sum(acc, axis=1) * 256.0
-
-    @triton.jit
-    def int8_gemv_kernel(x_ptr, q_ptr, s_ptr, out_ptr, N, KW, stride_xm, stride_qn, stride_om, magic,
-                         BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, GATED: tl.constexpr):
-        """One row of x against BLOCK_N rows of int8 words: x_ptr (M, 4, KW) planes, plane j at word w the
-        input of byte j of word w, q_ptr (N, KW) int32, byte j at bits 8j. Each byte is moved to bits 15-22,
-        its sign bit flipped (u = q + 128) and set in 1.0's mantissa: f = 1 + u 2^-8, so f x = x + (q + 128) x
-        2^-8 exactly and sum q x = 2^8 (sum f x - 1.5 sum x) (magic = 0x3FC00000).
-        GATED: q holds 2N rows, gates then ups (a fused w13), and out = silu(gate) * up, N wide (SwiGLU): the
-        program streams its gate rows and their up rows in the same loop (one loop after the other was
-        slower on an H100: the 7B step's int8 gemvs took 127 us more, the SwiGLU kernel it saved 47)."""
-        pid_n, m = tl.program_id(0), tl.program_id(1)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
-        x_row = x_ptr + m * stride_xm
-        if GATED:
-            r = tl.arange(0, 2 * BLOCK_N)                                             # (2BN,) gate, up, gate, up, ...
-            rows = tl.minimum(pid_n * BLOCK_N + r // 2, N - 1) + (r % 2) * N
-            sums = int8_rows_dot(x_row, q_ptr, rows, KW, stride_qn, magic, 2 * BLOCK_N, BLOCK_W)
-            sums *= tl.load(s_ptr + rows).to(tl.float32)
-            gate, up = tl.split(tl.reshape(sums, (BLOCK_N, 2)))                      # (BN,) each
-            out = gate / (1.0 + tl.exp(-gate)) * up
-        else:
-            rows = tl.minimum(rn, N - 1)                                              # (BN,) in bounds
-            out = int8_rows_dot(x_row, q_ptr, rows, KW, stride_qn, magic, BLOCK_N, BLOCK_W)
-            out *= tl.load(s_ptr + rows).to(tl.float32)                               # (BN,)
+        out = tl.sum(acc, axis=1) * 256.0 * tl.load(s_ptr + rows).to(tl.float32)     # (BN,)
         tl.store(out_ptr + m * stride_om + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
 
     @triton.jit
@@ -252,8 +236,7 @@ def _kernel(name: str, gemv: bool, M: int, group: int = 0):
     key = (name, gemv, m_class, group)
     if key not in _TUNED:
         configs = _gemv_configs(name, group) if gemv else _dot_configs(M, group)
-        _TUNED[key] = triton.autotune(configs, key=["N", "KW", "GATED"] if name == "int8" and gemv
-                                      else ["N", "KW"] if gemv else ["N", "K"])(kernel)
+        _TUNED[key] = triton.autotune(configs, key=["N", "KW"] if gemv else ["N", "K"])(kernel)
     return _TUNED[key], {}
 
 
@@ -303,15 +286,14 @@ def dot_grid(N: int, M: int):
     return lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]))
 
 
-def int8_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
-              gated: bool = False) -> torch.Tensor:
+def int8_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """x planes (M, 4, KW) (int8_gemv_planes, or x (M, K) itself for a planar weight), int8 weight words
-    (N, KW) int32, scale (N,) -> (M, N) in dtype; gated: (M, N/2), silu of the first half times the second."""
-    M, N, KW = xw.shape[0], words.shape[0] // (2 if gated else 1), words.shape[1]
+    (N, KW) int32, scale (N,) -> (M, N) in dtype."""
+    M, N, KW = xw.shape[0], words.shape[0], words.shape[1]
     out = torch.empty(M, N, dtype=dtype, device=xw.device)
     kernel, fixed = _kernel("int8", True, M)
     launcher(kernel)[gemv_grid(N, M)](xw, words, scale, out, N, KW, xw.stride(0), words.stride(0), out.stride(0),
-                                      MAGIC_INT8, GATED=gated, **fixed)
+                                      MAGIC_INT8, **fixed)
     return out
 
 
@@ -333,18 +315,14 @@ def uses_gemv(M: int, words: torch.Tensor | None, use_dot: bool | None) -> bool:
 
 
 def int8_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, planar: bool = False,
-                       gated: bool = False, use_dot: bool | None = None) -> torch.Tensor:
+                       use_dot: bool | None = None) -> torch.Tensor:
     """x (M, K) float, q (N, K) int8 (columns in plane order if `planar`), scale (N,) -> (M, N) in x's
-    dtype, by the gemv or the dot kernel. `gated` (q a fused w13, gates then ups): silu(gate) * up,
-    (M, N/2), in the gemv's epilogue."""
+    dtype, by the gemv or the dot kernel."""
     M, K = x.shape
     N = q.shape[0]
     words = as_words(q)
     if uses_gemv(M, words, use_dot):
-        return int8_gemv(x if planar else int8_gemv_planes(x), words, scale, x.dtype, gated)
-    if gated:
-        gate, up = int8_matmul_launch(x, q, scale, planar, use_dot=use_dot).chunk(2, dim=-1)   # (M, N/2) each
-        return F.silu(gate) * up
+        return int8_gemv(x if planar else int8_gemv_planes(x), words, scale, x.dtype)
     if planar:
         x = planar_columns(x)
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
@@ -378,11 +356,10 @@ def int4_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, ze
 
 if triton is not None:
     @torch.library.triton_op("llamafn::int8_matmul", mutates_args=())
-    def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, planar: bool = False,
-                    gated: bool = False) -> torch.Tensor:
+    def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, planar: bool = False) -> torch.Tensor:
         """x (M, K) @ dequantised int8 weight (N, K)^T -> (M, N), on the GPU; `planar`: q's columns are in
-        the gemv's plane order (Int8GemvWeight); `gated`: silu(gate) * up of a fused w13, (M, N/2)."""
-        return int8_matmul_launch(x, q, scale, planar, gated)
+        the gemv's plane order (Int8GemvWeight)."""
+        return int8_matmul_launch(x, q, scale, planar)
 
     @torch.library.triton_op("llamafn::int4_matmul", mutates_args=())
     def int4_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import get_or_reference, register
-from ..quant import gated_linear, linear
+from ..quant import linear
 
 
 @register("swiglu", "reference")
@@ -16,9 +16,8 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 def feed_forward(p: dict[str, torch.Tensor], x: torch.Tensor, *, backend: str = "reference") -> torch.Tensor:
     """p: `w1.weight` (hidden, dim), `w3.weight` (hidden, dim) or fused `w13.weight` (2*hidden, dim),
     and `w2.weight` (dim, hidden); x (..., dim). `backend` names the kernel set for the activation."""
-    activation = get_or_reference("swiglu", backend)
     if "w13.weight" in p:
-        hidden = gated_linear(x, p["w13.weight"], activation)      # (..., hidden)
+        gate, up = linear(x, p["w13.weight"]).chunk(2, dim=-1)   # (..., hidden) each
     else:
-        hidden = activation(linear(x, p["w1.weight"]), linear(x, p["w3.weight"]))
-    return linear(hidden, p["w2.weight"])
+        gate, up = linear(x, p["w1.weight"]), linear(x, p["w3.weight"])
+    return linear(get_or_reference("swiglu", backend)(gate, up), p["w2.weight"])

@@ -51,3 +51,22 @@ def stories260k_golden() -> tuple[list[int], str]:
     ids = [int(x) for x in ids_line.strip("[] \n").split(",")]
     text = readme.split("```text\n", 1)[1].split("\n```", 1)[0]
     return ids, text
+
+
+@pytest.fixture(scope="module")
+def quant_kernels_first_config():
+    """On a GPU each new (N, K) a test draws would autotune the quantised matmul kernels over every
+    config (minutes across a Hypothesis run); inside a module using this, each kernel takes its first
+    config (test_every_gemv_config checks all of them). A no-op on the CPU, where the interpreter runs
+    one fixed config."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    from llamafn.kernels import quant_matmul
+
+    with pytest.MonkeyPatch.context() as mp:
+        gemv, dot = quant_matmul._gemv_configs, quant_matmul._dot_configs
+        mp.setattr(quant_matmul, "_gemv_configs", lambda name, group: gemv(name, group)[:1])
+        mp.setattr(quant_matmul, "_dot_configs", lambda M, group: dot(M, group)[:1])
+        mp.setattr(quant_matmul, "_TUNED", {})
+        yield

@@ -15,24 +15,11 @@ from llamafn.quant.formats import (GROUP_SIZES, Int4Weight, Int8Weight, dequanti
 from llamafn.quant.planar import to_planar
 from tests.strategies import seeds
 
-pytestmark = pytest.mark.skipif(quant_matmul.triton is None, reason="triton is not installed")
+pytestmark = [pytest.mark.skipif(quant_matmul.triton is None, reason="triton is not installed"),
+              pytest.mark.usefixtures("quant_kernels_first_config")]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def first_config_only_on_a_gpu():
-    """On a GPU each new (N, K) a test draws would autotune over every config (minutes across a Hypothesis
-    run); here each kernel takes its first config, and test_every_gemv_config checks all of them."""
-    if DEVICE != "cuda":
-        yield
-        return
-    with pytest.MonkeyPatch.context() as mp:
-        gemv, dot = quant_matmul._gemv_configs, quant_matmul._dot_configs
-        mp.setattr(quant_matmul, "_gemv_configs", lambda name, group: gemv(name, group)[:1])
-        mp.setattr(quant_matmul, "_dot_configs", lambda M, group: dot(M, group)[:1])
-        mp.setattr(quant_matmul, "_TUNED", {})
-        yield
+EVERY_GEMV_CONFIG = quant_matmul._gemv_configs                  # before quant_kernels_first_config narrows it
 
 
 def check(out: torch.Tensor, x: torch.Tensor, w) -> None:
@@ -125,7 +112,7 @@ def test_every_gemv_config(name):
     q = quantize_int8(w) if name == "int8" else quantize_int4(w, 128)
     words = quant_matmul.as_words(q.q)
     N, KW = words.shape
-    for config in quant_matmul._gemv_configs(name, 128):
+    for config in EVERY_GEMV_CONFIG(name, 128):
         out = torch.empty(1, N, dtype=dtype, device=DEVICE)
         launch = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
         if name == "int8":

@@ -16,6 +16,7 @@ from llamafn.quant.planar import fits, to_planar
 from tests.strategies import seeds
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.usefixtures("quant_kernels_first_config")
 
 
 def weight(seed: int, n: int, k: int) -> Int8Weight:

@@ -257,10 +257,11 @@ def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: 
     """q (B, H, T, D) with few rows per KV group (decode), k/v (B, Hkv, S, D), pos (B, T) -> (B, H, T, D).
     With k_scale / v_scale (B, Hkv, S), k and v are int8 rows of an int8 cache, dequantised in registers.
 
-    Two launches (one where a single split covers the cache), measured against one on an H100 (GQA 32/8, 16k keys, back to back in a CUDA graph:
-    30.1-30.4 us a call, split kernel 26 us, merge 3 us): the last split merging after an atomic ticket
-    took 33.3 us (the release fence and the serial merge at the tail cost more than the launch), and
-    the merge as a programmatic dependent launch (griddepcontrol) 30.4 us, no change."""
+    Two launches (one where a single split covers the cache), measured against one on an H100 (GQA
+    32/8, 16k keys, back to back in a CUDA graph: 30.1-30.4 us a call, split kernel 26 us, merge 3 us):
+    the last split merging after an atomic ticket took 33.3 us (the release fence and the serial merge
+    at the tail cost more than the launch), and the merge as a programmatic dependent launch
+    (griddepcontrol) 30.4 us, no change."""
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     group = H // Hkv

@@ -30,9 +30,11 @@ from ..errors import InputError
 
 GROUP_SIZES = (32, 64, 128, 256)
 
-# What a quantised weight answers in place of a tensor: its float dtype (the scales') and its device.
+# What a quantised weight answers in place of a tensor: its float dtype (the scales') and its device;
+# and an int8 weight's shape, its values'.
 SCALE_DTYPE = property(lambda w: w.scale.dtype)
 DEVICE = property(lambda w: w.q.device)
+Q_SHAPE = property(lambda w: w.q.shape)
 
 
 class Int8Weight(NamedTuple):
@@ -41,10 +43,7 @@ class Int8Weight(NamedTuple):
 
     dtype = SCALE_DTYPE
     device = DEVICE
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.q.shape
+    shape = Q_SHAPE
 
 
 class Int4Weight(NamedTuple):
@@ -93,10 +92,7 @@ class Int8GemvWeight(NamedTuple):
 
     dtype = SCALE_DTYPE
     device = DEVICE
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.q.shape
+    shape = Q_SHAPE
 
 
 QuantWeight = Int8Weight | Int4Weight | Int4TinyGemmWeight | Int8GemvWeight

@@ -4,6 +4,8 @@ formula, in Triton's interpreter on the CPU (float32/float16) and natively on a 
 Tolerances: float32 1e-4 absolute (outputs are convex combinations of unit-normal values, so O(1));
 float16/bfloat16 the dtype's rounding of the probabilities and the output, 1e-2 / 3e-2."""
 
+import contextlib
+
 import pytest
 import torch
 from hypothesis import given
@@ -67,6 +69,17 @@ def test_causal_prefill_without_cache(seed, shape, dtype):
     close(fa.triton_attention(q, k, v, None), q, k, v, None)
 
 
+@contextlib.contextmanager
+def splits_drawn(data):
+    """Flash-decoding with its own split count, or a drawn one, inside the block (the interpreter's
+    policy gives short caches a single split, written directly; a drawn count exercises the merge)."""
+    n = data.draw(st.sampled_from([None, 2, 3]), label="n_splits")
+    with pytest.MonkeyPatch.context() as mp:
+        if n is not None:
+            mp.setattr(fa, "decode_splits", lambda *_: n)
+        yield
+
+
 @given(seeds(), shapes(), st.sampled_from(DTYPES), st.data())
 def test_with_a_cached_prefix_and_ragged_rows(seed, shape, dtype, data):
     """Queries at positions lengths[b] .. lengths[b] + T - 1 over a cache of T + S slots: chunked prefill
@@ -75,7 +88,9 @@ def test_with_a_cached_prefix_and_ragged_rows(seed, shape, dtype, data):
     q, k, v = tensors(seed, B, H, Hkv, T, T + S, D, dtype)
     lengths = torch.tensor(data.draw(st.lists(st.integers(0, S), min_size=B, max_size=B)), device=DEVICE)
     pos = lengths[:, None] + torch.arange(T, device=DEVICE)[None]                 # (B, T)
-    close(fa.triton_attention(q, k, v, pos), q, k, v, pos)
+    with splits_drawn(data):
+        out = fa.triton_attention(q, k, v, pos)
+    close(out, q, k, v, pos)
 
 
 @given(seeds(), shapes(max_t=4), st.sampled_from(DTYPES))
@@ -202,5 +217,6 @@ def test_flash_decoding_reads_an_int8_cache(seed, shape, dtype, data):
     q = q.to(dtype)
     lengths = torch.tensor(data.draw(st.lists(st.integers(0, S), min_size=B, max_size=B)), device=DEVICE)
     pos = lengths[:, None] + torch.arange(T, device=DEVICE)[None]                 # (B, T)
-    out = get("attention_int8", "triton")(q, kq, ks, vq, vs, pos)
+    with splits_drawn(data):
+        out = get("attention_int8", "triton")(q, kq, ks, vq, vs, pos)
     close(out, q, dequantize(Int8Weight(kq, ks), dtype), dequantize(Int8Weight(vq, vs), dtype), pos)

@@ -70,11 +70,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     tok = Tokenizer(args.tokenizer or find_tokenizer(model))
     params, cfg = checkpoint.load(model, dtype=dtype, device=device, quantize=args.quantize, group_size=args.group_size)
-    one_row = args.beams <= 1 and not args.speculative
+    rows_a_step = args.beams if args.beams > 1 else args.k + 1 if args.speculative else 1
     if device.startswith("cuda"):
         params = quant.for_gemv(params)                 # int8 in the GEMV's plane order: it reads x as it is
-    if one_row and device.startswith("cuda") and quant.tinygemm.available(torch.device(device)):
-        params = quant.for_tinygemm(params)             # one row a step: tinygemm is the faster int4 product there
+    if (rows_a_step <= quant.tinygemm.FASTER_UP_TO_ROWS and device.startswith("cuda")
+            and quant.tinygemm.available(torch.device(device))):
+        params = quant.for_tinygemm(params)             # few rows a step: tinygemm is the faster int4 product there
     if tok.vocab_size > cfg.vocab_size:
         raise TokenizerError(f"tokenizer {tok.path} has {tok.vocab_size} tokens but the model's vocabulary "
                              f"has {cfg.vocab_size}: they do not belong together")

@@ -1,6 +1,6 @@
 """FlashAttention-2 forward in Triton (Dao 2023, "FlashAttention-2: Faster Attention with Better
-Parallelism and Work Partitioning"), and flash-decoding for one-token steps (Dao, Haziza, Massa and
-Sizov 2023, "Flash-Decoding for long-context inference"): the attention backend "triton".
+Parallelism and Work Partitioning") and the attention backend "triton", which routes decode steps to
+flash-decoding (llamafn.kernels.flash_decode).
 
 One kernel serves every prefill layout. Each sequence b has its queries at rows q_start[b] ..
 q_start[b] + q_len[b] - 1 and its keys at k_start[b] .. k_start[b] + k_len[b] - 1 of the sequence
@@ -13,19 +13,16 @@ Per (query block, head) program: K/V tiles stream through SRAM with an online so
 the running max and sum rescaled per tile), nothing of size T x S is ever written. GQA/MQA maps query
 head h to KV head h // (H / Hkv) without repeating K/V.
 
-Decode (a few query rows a KV head) is split along the keys instead (`flash_decode`): one program per
-(row, KV head, split) takes every query head of the group as its rows, so K and V are read once per
-group, and a second kernel (one program a query row, BLOCK_S splits' partials loaded together and folded
-into running statistics) merges the splits' partial softmaxes. Batch-1 long-context decode then spreads
-over the whole GPU (one program an SM).
+Decode (a few query rows a KV head, at most DECODE_MAX_ROWS) is split along the keys instead
+(llamafn.kernels.flash_decode).
 
 Scores are cast to fp32 after the scale: under inductor the Python-float scale can arrive as fp64,
 which would turn the loop-carried softmax statistics into fp64. float32 inputs use IEEE products
 (`runtime.dot`), not TF32.
 
-Head dims up to 256 (padded to a power of two >= 16). Registered as custom ops
-(`torch.ops.llamafn.flash_attention`, `flash_decode`) so compiled steps capture them with fullgraph;
-in Triton's interpreter (TRITON_INTERPRET=1) the launchers run on CPU tensors.
+Head dims up to 256 (padded to a power of two >= 16). Prefill and decode are one custom op
+(`torch.ops.llamafn.flash_attention`) so compiled steps capture them with fullgraph; in Triton's
+interpreter (TRITON_INTERPRET=1) the launchers run on CPU tensors.
 """
 
 from __future__ import annotations
@@ -35,8 +32,9 @@ import math
 
 import torch
 
-from ..quant.formats import Int8Weight, dequantize
 from ..errors import InputError
+from ..quant.formats import Int8Weight, dequantize
+from .flash_decode import block_d, flash_decode_launch
 from .registry import register
 from .runtime import INTERPRET, launcher, require_triton, triton
 
@@ -90,97 +88,6 @@ if triton is not None:
         tl.store(O + b * sob + h * soh + (q_start + rm)[:, None] * sot + rd[None, :], out.to(O.dtype.element_ty),
                  mask=row_ok[:, None] & (rd[None, :] < D))
 
-    @triton.jit
-    def flash_decode_kernel(Q, K, V, KS, VS, POS, PART_O, PART_ML, O, qk_scale, S, T, Hkv, GROUP, D, CHUNK,
-                            sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sksb, sksh, svsb, svsh, spb, sob, soh, sot,
-                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                            QUANT: tl.constexpr, DIRECT: tl.constexpr):
-        """One split of the keys for every query of one KV head: rows r = (head in group) * T + t. With
-        QUANT, K and V are int8 with a scale per (row, head, position) in KS / VS (llamafn.cache). DIRECT
-        (a single split): the normalised output goes to O, with no partials to merge."""
-        pid_bk, split = tl.program_id(0), tl.program_id(1)
-        n_splits = tl.num_programs(1)
-        b, hk = pid_bk // Hkv, pid_bk % Hkv
-        rr = tl.arange(0, BLOCK_M)                                                    # (BM,) rows
-        row_ok = rr < GROUP * T
-        g, t = rr // T, rr % T
-        rd = tl.arange(0, BLOCK_D)
-        q = tl.load(Q + b * sqb + (hk * GROUP + g)[:, None] * sqh + t[:, None] * sqt + rd[None, :],
-                    mask=row_ok[:, None] & (rd[None, :] < D), other=0.0)              # (BM, BD)
-        pos = tl.load(POS + b * spb + t, mask=row_ok, other=-1)                       # (BM,)
-        lo = split * CHUNK
-        hi = tl.minimum(tl.minimum(lo + CHUNK, tl.max(pos, axis=0) + 1), S)
-        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-        for n0 in range(lo, hi, BLOCK_N):
-            rn = n0 + tl.arange(0, BLOCK_N)
-            k = tl.load(K + b * skb + hk * skh + rn[None, :] * skt + rd[:, None],
-                        mask=(rn[None, :] < hi) & (rd[:, None] < D), other=0)         # (BD, BN)
-            if QUANT:
-                ks = tl.load(KS + b * sksb + hk * sksh + rn, mask=rn < hi, other=0.0)   # (BN,)
-                k = (k.to(tl.float32) * ks[None, :]).to(Q.dtype.element_ty)
-            s = (dot(q, k) * qk_scale).to(tl.float32)                              # (BM, BN)
-            s = tl.where((rn[None, :] < hi) & (rn[None, :] <= pos[:, None]), s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-            v = tl.load(V + b * svb + hk * svh + rn[:, None] * svt + rd[None, :],
-                        mask=(rn[:, None] < hi) & (rd[None, :] < D), other=0)         # (BN, BD)
-            if QUANT:
-                vs = tl.load(VS + b * svsb + hk * svsh + rn, mask=rn < hi, other=0.0)   # (BN,)
-                v = (v.to(tl.float32) * vs[:, None]).to(Q.dtype.element_ty)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + dot(p.to(v.dtype), v)
-            m_i = m_new
-        if DIRECT:
-            out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]                       # (BM, BD)
-            tl.store(O + b * sob + (hk * GROUP + g)[:, None] * soh + t[:, None] * sot + rd[None, :],
-                     out.to(O.dtype.element_ty), mask=row_ok[:, None] & (rd[None, :] < D))
-        else:
-            base = (pid_bk * n_splits + split) * BLOCK_M + rr                         # (BM,) scratch rows
-            tl.store(PART_O + base[:, None] * BLOCK_D + rd[None, :], acc, mask=row_ok[:, None])   # padding rows unread
-            tl.store(PART_ML + base * 2, m_i, mask=row_ok)
-            tl.store(PART_ML + base * 2 + 1, l_i, mask=row_ok)
-
-    @triton.jit
-    def flash_decode_merge_kernel(PART_O, PART_ML, O, T, Hkv, GROUP, N_SPLITS, D, sob, soh, sot,
-                                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
-        """Merge the splits' (acc, max, sum) of one query row, out = sum_i e^(m_i - m) acc_i / sum_i e^(m_i - m) l_i,
-        in one pass: BLOCK_S splits' partials are loaded together and folded into running statistics (one
-        round trip to memory when every split fits in one step)."""
-        pid_bk, r = tl.program_id(0), tl.program_id(1)                                # r = (head in group) * T + t
-        b, hk = pid_bk // Hkv, pid_bk % Hkv
-        rs = tl.arange(0, BLOCK_S)
-        rd = tl.arange(0, BLOCK_D)
-        m_run = tl.full([], float("-inf"), dtype=tl.float32)
-        l_run = tl.zeros([], dtype=tl.float32)
-        acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        for i0 in range(0, N_SPLITS, BLOCK_S):
-            ok = i0 + rs < N_SPLITS
-            rows = (pid_bk * N_SPLITS + i0 + rs) * BLOCK_M + r                        # (BS,) scratch rows
-            m_i = tl.load(PART_ML + rows * 2, mask=ok, other=float("-inf"))           # (BS,)
-            l_i = tl.load(PART_ML + rows * 2 + 1, mask=ok, other=0.0)
-            o_i = tl.load(PART_O + rows[:, None] * BLOCK_D + rd[None, :], mask=ok[:, None], other=0.0)  # (BS, BD)
-            m_new = tl.maximum(m_run, tl.max(m_i, axis=0))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            w = tl.exp2(m_i - m_safe)                                                 # (BS,) 0 for empty splits
-            alpha = tl.exp2(m_run - m_safe)
-            l_run = l_run * alpha + tl.sum(w * l_i, axis=0)
-            acc = acc * alpha + tl.sum(w[:, None] * o_i, axis=0)
-            m_run = m_new
-        out = acc / tl.where(l_run == 0.0, 1.0, l_run)                                # (BD,)
-        g, t = r // T, r % T
-        tl.store(O + b * sob + (hk * GROUP + g) * soh + t * sot + rd, out.to(O.dtype.element_ty), mask=rd < D)
-
-
-def block_d(D: int) -> int:
-    if D > 256:
-        raise InputError(f"the triton attention backend supports head dims up to 256, got {D}")
-    return max(16, 1 << (D - 1).bit_length())
-
-
 def flash_attention_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor | None,
                            q_start: torch.Tensor, q_len: torch.Tensor, k_start: torch.Tensor, k_len: torch.Tensor,
                            max_q_len: int, batch_strides: bool = True, causal: bool = True) -> torch.Tensor:
@@ -212,83 +119,10 @@ def prefill_configs() -> list:
             for bm, bn in ((64, 64), (128, 64), (128, 128), (64, 32)) for w, s in ((4, 3), (8, 3), (8, 4))]
 
 
-def decode_configs() -> list:
-    """Key tile (any divisor of a split's chunk, a multiple of 64), warps and pipelining stages for
-    flash_decode_kernel."""
-    return [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s) for bn in (32, 64) for w in (4, 8) for s in (2, 3, 4)]
-
-
 @functools.cache
 def prefill_tuned():
     """flash_fwd_kernel autotuned on a GPU per (head dim, causal)."""
     return triton.autotune(prefill_configs(), key=["D", "CAUSAL", "BLOCK_D"])(flash_fwd_kernel)
-
-
-@functools.cache
-def decode_tuned():
-    """flash_decode_kernel autotuned on a GPU per (cache length, rows a group, head dim)."""
-    return triton.autotune(decode_configs(), key=["S", "T", "GROUP", "D"])(flash_decode_kernel)
-
-
-MIN_SPLIT_KEYS = 256
-
-
-def decode_splits(batch: int, n_kv_heads: int, n_keys: int, block_n: int, n_sms: int) -> int:
-    """Splits of the key axis: about one program an SM over all (row, KV head) pairs, each split at
-    least MIN_SPLIT_KEYS keys and one tile (at most 2 programs in the interpreter, where every program
-    costs milliseconds). On an H100 at 16k-32k keys one program an SM and two were within 4% of each
-    other (either ahead across runs), and both ahead of half, four and eight; the merge grows with the
-    split count. A cache of at most MIN_SPLIT_KEYS gets one split, written out directly with no merge
-    launch. On an H100 (MHA 32 heads, batch 1, 256-key cache, in a CUDA graph) that took 4.4 us at 100
-    live keys and 6.3 at 250, against 5.7 for four splits and the merge at either; at 512 keys, two
-    splits took 8.3 us at 400 live keys against 7.4 for five. Over a generation filling the cache the
-    single split wins, and a compiled 7B int8 step lost its 32 merge launches (316.3 tok/s)."""
-    programs = 2 if INTERPRET else n_sms
-    return max(1, min(triton.cdiv(n_keys, max(block_n, MIN_SPLIT_KEYS)), triton.cdiv(programs, batch * n_kv_heads)))
-
-
-@functools.cache
-def sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-
-
-def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                        k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """q (B, H, T, D) with few rows per KV group (decode), k/v (B, Hkv, S, D), pos (B, T) -> (B, H, T, D).
-    With k_scale / v_scale (B, Hkv, S), k and v are int8 rows of an int8 cache, dequantised in registers.
-
-    Two launches (one where a single split covers the cache), measured against one on an H100 (GQA
-    32/8, 16k keys, back to back in a CUDA graph: 30.1-30.4 us a call, split kernel 26 us, merge 3 us):
-    the last split merging after an atomic ticket took 33.3 us (the release fence and the serial merge
-    at the tail cost more than the launch), and the merge as a programmatic dependent launch
-    (griddepcontrol) 30.4 us, no change."""
-    B, H, T, D = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
-    group = H // Hkv
-    BLOCK_M, BLOCK_N, BLOCK_D = max(16, 1 << (group * T - 1).bit_length()), 64, block_d(D)
-    n_splits = decode_splits(B, Hkv, S, BLOCK_N, sm_count(q.device))
-    chunk = triton.cdiv(triton.cdiv(S, n_splits), BLOCK_N) * BLOCK_N
-    direct = n_splits == 1
-    scratch = 0 if direct else B * Hkv * n_splits * BLOCK_M                     # rows of partials to merge
-    part_o = torch.empty(scratch, BLOCK_D, dtype=torch.float32, device=q.device)
-    part_ml = torch.empty(scratch, 2, dtype=torch.float32, device=q.device)
-    out = torch.empty_like(q)
-    kernel, fixed = (flash_decode_kernel, {"BLOCK_N": BLOCK_N}) if INTERPRET else (decode_tuned(), {})
-    quant = k_scale is not None
-    ks, vs = (k_scale, v_scale) if quant else (k, v)                           # unread without QUANT
-    launcher(kernel)[(B * Hkv, n_splits)](
-        q, k, v, ks, vs, pos, part_o, part_ml, out, 1.4426950408889634 / math.sqrt(D), S, T, Hkv, group, D, chunk,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1), pos.stride(0),
-        out.stride(0), out.stride(1), out.stride(2), BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, QUANT=quant, DIRECT=direct,
-        **fixed)
-    if direct:
-        return out
-    launcher(flash_decode_merge_kernel)[(B * Hkv, group * T)](
-        part_o, part_ml, out, T, Hkv, group, n_splits, D, out.stride(0), out.stride(1), out.stride(2),
-        BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_S=min(64, triton.next_power_of_2(n_splits)),
-        **({} if INTERPRET else {"num_warps": 4}))
-    return out
 
 
 DECODE_MAX_ROWS = 64

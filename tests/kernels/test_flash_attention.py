@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import llamafn as lf
 from llamafn.errors import InputError
 from llamafn.kernels import flash_attention as fa
+from llamafn.kernels import flash_decode as fd
 from llamafn.kernels import get
 from llamafn.model.attention import reference_attention
 from tests.strategies import seeds
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.skipif(fa.triton is None, reason="triton is not install
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
-EVERY_DECODE_CONFIG = fa.decode_configs                                   # before the fixture below narrows it
+EVERY_DECODE_CONFIG = fd.decode_configs                                   # before the fixture below narrows it
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,14 +34,14 @@ def first_config_only_on_a_gpu():
         yield
         return
     with pytest.MonkeyPatch.context() as mp:
-        prefill, decode = fa.prefill_configs, fa.decode_configs
+        prefill, decode = fa.prefill_configs, fd.decode_configs
         mp.setattr(fa, "prefill_configs", lambda: prefill()[:1])
-        mp.setattr(fa, "decode_configs", lambda: decode()[:1])
+        mp.setattr(fd, "decode_configs", lambda: decode()[:1])
         fa.prefill_tuned.cache_clear()
-        fa.decode_tuned.cache_clear()
+        fd.decode_tuned.cache_clear()
         yield
     fa.prefill_tuned.cache_clear()
-    fa.decode_tuned.cache_clear()
+    fd.decode_tuned.cache_clear()
 
 
 @st.composite
@@ -76,7 +77,7 @@ def splits_drawn(data):
     n = data.draw(st.sampled_from([None, 2, 3]), label="n_splits")
     with pytest.MonkeyPatch.context() as mp:
         if n is not None:
-            mp.setattr(fa, "decode_splits", lambda *_: n)
+            mp.setattr(fd, "decode_splits", lambda *_: n)
         yield
 
 
@@ -101,7 +102,7 @@ def test_the_prefill_kernel_with_positions_equals_flash_decoding(seed, shape, dt
     zeros, full = torch.zeros(B, dtype=torch.int32, device=DEVICE), torch.full((B,), T, dtype=torch.int32, device=DEVICE)
     prefill = fa.flash_attention_launch(q, k, v, pos, zeros, full, zeros, full + S, T)
     close(prefill, q, k, v, pos)
-    close(fa.flash_decode_launch(q, k, v, pos), q, k, v, pos)
+    close(fd.flash_decode_launch(q, k, v, pos), q, k, v, pos)
 
 
 @pytest.mark.parametrize("n_splits", [1, 3, 70])
@@ -109,10 +110,10 @@ def test_the_merge_of_many_splits_some_empty(monkeypatch, n_splits):
     """More splits than the merge loads in one step (70 > 64, a 64-key tile each), every split visible
     to the first row and all but the first empty for the second (max -inf, sum 0); and one split, which
     writes the output itself."""
-    monkeypatch.setattr(fa, "decode_splits", lambda *_: n_splits)
+    monkeypatch.setattr(fd, "decode_splits", lambda *_: n_splits)
     q, k, v = tensors(0, 2, 4, 2, 1, 64 * 70, 16, torch.float32)
     pos = torch.tensor([[64 * 70 - 1], [40]], device=DEVICE)
-    close(fa.flash_decode_launch(q, k, v, pos), q, k, v, pos)
+    close(fd.flash_decode_launch(q, k, v, pos), q, k, v, pos)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter launches one fixed tile, not the tuner's configs")
@@ -125,10 +126,10 @@ def test_every_decode_config(monkeypatch, heads, n_keys):
     q, k, v = tensors(0, 2, H, Hkv, 1, n_keys, 128, torch.bfloat16)
     pos = torch.tensor([[n_keys - 1], [121]], device=DEVICE)
     for config in EVERY_DECODE_CONFIG():
-        monkeypatch.setattr(fa, "decode_configs", lambda: [config])
-        fa.decode_tuned.cache_clear()
-        close(fa.flash_decode_launch(q, k, v, pos), q, k, v, pos)
-    fa.decode_tuned.cache_clear()
+        monkeypatch.setattr(fd, "decode_configs", lambda: [config])
+        fd.decode_tuned.cache_clear()
+        close(fd.flash_decode_launch(q, k, v, pos), q, k, v, pos)
+    fd.decode_tuned.cache_clear()
 
 
 @given(seeds(), st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1, max_size=4),

@@ -116,6 +116,18 @@ def test_the_merge_of_many_splits_some_empty(monkeypatch, n_splits):
     close(fd.flash_decode_launch(q, k, v, pos), q, k, v, pos)
 
 
+def test_the_split_policy_on_a_gpu(monkeypatch):
+    """About one program an SM over (row, KV head) pairs, at least MIN_SPLIT_KEYS keys a split: the 7B at
+    batch 1 over a 256-key cache is one split (written directly), a 16k GQA cache 17, and a batch whose
+    pairs fill the SMs one."""
+    monkeypatch.setattr(fd, "INTERPRET", False)
+    assert fd.decode_splits(1, 32, 256, 64, 132) == 1
+    assert fd.decode_splits(1, 32, 512, 64, 132) == 2
+    assert fd.decode_splits(1, 32, 4096, 64, 132) == 5
+    assert fd.decode_splits(1, 8, 16384, 64, 132) == 17
+    assert fd.decode_splits(8, 32, 4096, 64, 132) == 1
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter launches one fixed tile, not the tuner's configs")
 @pytest.mark.parametrize("heads", [(8, 2), (4, 4)])
 @pytest.mark.parametrize("n_keys", [1000, 200])

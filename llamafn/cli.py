@@ -71,7 +71,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     tok = Tokenizer(args.tokenizer or find_tokenizer(model))
     params, cfg = checkpoint.load(model, dtype=dtype, device=device, quantize=args.quantize, group_size=args.group_size)
     rows_a_step = args.beams if args.beams > 1 else args.k + 1 if args.speculative else 1
-    if device.startswith("cuda"):
+    if rows_a_step == 1 and device.startswith("cuda"):
         params = quant.for_gemv(params)                 # int8 in the GEMV's plane order: it reads x as it is
     if (rows_a_step <= quant.tinygemm.FASTER_UP_TO_ROWS and device.startswith("cuda")
             and quant.tinygemm.available(torch.device(device))):

@@ -6,7 +6,10 @@ of the words it holds, a contiguous run of inputs. In natural column order those
 input, so each product first copies x into 4 planes (`int8_gemv_planes`), a kernel of its own after a
 Triton producer (the fused add + RMSNorm, the SwiGLU). Storing each row's columns in plane order
 instead, column 4w + j holding input j K/4 + w, makes the planes x itself. The dot kernel (more rows)
-reads the same stored weight against x permuted to that order (`planar_columns`).
+reads the same stored weight against x permuted to that order (`planar_columns`), which costs a kernel
+where the producer of x is a Triton kernel (eagerly on an H100 at 2-4 rows, 1.1-1.2x the natural
+order), so the layout is for one row a step. With the Triton kernel set, the compiled 7B int8 step at
+batch 1 ran at 316.3 tok/s in plane order (286.5 in natural order on an earlier lease).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Two kernels a format, chosen by the launcher from the number of rows M of x:
   its natural order put 8 barriers and shared-memory round trips in the loop, in the SASS). The planes
   are x itself for a weight whose columns are stored in that order (`Int8GemvWeight`,
   llamafn.quant.planar), else a transposed copy of x (`int8_gemv_planes`); the dot kernel takes x
-  permuted to a planar weight's column order (`planar_columns`). The int4 kernel's x' is laid out by
+  permuted to a planar weight's column order (`formats.plane_order`). The int4 kernel's x' is laid out by
   `int4_gemv_activations`, pre-scaled. Inside the custom op these layouts are torch ops, so inductor
   fuses them into the producer of x (the RMSNorm or the SwiGLU) where that is its own kernel.
 - `dot` (M > 1, or a K the words do not fit): the tile is dequantised to the activations' dtype and fed
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import torch
 
+from ..quant.formats import natural_order, plane_order
 from .runtime import INTERPRET, launcher, triton
 
 if triton is not None:
@@ -257,7 +258,7 @@ def int8_gemv_planes(x: torch.Tensor) -> torch.Tensor:
     """x (M, K) -> planes (M, 4, K/4) in x's dtype, planes[m, j, w] = x[m, 4w + j]: the inputs of byte j of
     word w of a weight in natural column order (int8_gemv_kernel)."""
     M, K = x.shape
-    return x.view(M, K // 4, 4).transpose(1, 2).contiguous()
+    return natural_order(x).view(M, 4, K // 4)
 
 
 def int4_gemv_activations(x: torch.Tensor) -> torch.Tensor:
@@ -266,16 +267,6 @@ def int4_gemv_activations(x: torch.Tensor) -> torch.Tensor:
     pairs = x.float().view(M, K // 8, 4, 2)
     scaled = torch.stack((pairs[..., 0] * 256, pairs[..., 1] * 16), dim=-1)                  # (M, K/8, 4, 2)
     return scaled.view(M, K // 8, 8).transpose(1, 2).contiguous()
-
-
-def planar_columns(x: torch.Tensor) -> torch.Tensor:
-    """x (M, K) -> (M, K) in the column order of a planar weight (Int8GemvWeight): column 4w + j holds
-    x[:, j K/4 + w], so x @ planar^T is the product with the natural weight. (Gathering x in that order
-    inside the dot kernel instead took 2.1-2.9x as long as the natural-order tile on an H100 at 2-4 rows;
-    this permutation is a kernel of its own when called eagerly, 1.1-1.2x, and inductor fuses it into
-    the producer of x inside a compiled step where that producer is its own kernel.)"""
-    M, K = x.shape
-    return x.view(M, 4, K // 4).transpose(1, 2).reshape(M, K)
 
 
 def gemv_grid(N: int, M: int):
@@ -319,14 +310,17 @@ def uses_gemv(M: int, words: torch.Tensor | None, use_dot: bool | None) -> bool:
 def int8_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, planar: bool = False,
                        use_dot: bool | None = None) -> torch.Tensor:
     """x (M, K) float, q (N, K) int8 (columns in plane order if `planar`), scale (N,) -> (M, N) in x's
-    dtype, by the gemv or the dot kernel."""
+    dtype, by the gemv or the dot kernel. The dot kernel takes x in a planar weight's column order, so
+    x @ q^T is the natural product: gathering x in that order inside the kernel instead took 2.1-2.9x
+    as long as the natural-order tile on an H100 at 2-4 rows; the permutation is a kernel of its own
+    when called eagerly (1.1-1.2x), which inductor fuses into the producer of x where that is its own."""
     M, K = x.shape
     N = q.shape[0]
     words = as_words(q)
     if uses_gemv(M, words, use_dot):
         return int8_gemv(x if planar else int8_gemv_planes(x), words, scale, x.dtype)
     if planar:
-        x = planar_columns(x)
+        x = plane_order(x)
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     kernel, fixed = _kernel("int8", False, M)
     launcher(kernel)[dot_grid(N, M)](x, q, scale, out, M, N, K, x.stride(0), q.stride(0), out.stride(0), **fixed)

@@ -148,6 +148,19 @@ def quantize_int4(w: torch.Tensor, group_size: int = 128) -> Int4Weight:
     return Int4Weight(pack_int4(q.view(N, -1)[:, :K]), scale, zero.to(torch.uint8))
 
 
+def plane_order(t: torch.Tensor) -> torch.Tensor:
+    """(R, K) -> (R, K), K a multiple of 4, with column 4w + j holding column j K/4 + w: the int8 GEMV's
+    plane order (llamafn.quant.planar), for a weight's columns or the activations against one."""
+    R, K = t.shape
+    return t.view(R, 4, K // 4).transpose(1, 2).reshape(R, K)                  # (R, K/4, 4) read row by row
+
+
+def natural_order(t: torch.Tensor) -> torch.Tensor:
+    """The inverse of plane_order: column j K/4 + w holds column 4w + j."""
+    R, K = t.shape
+    return t.view(R, K // 4, 4).transpose(1, 2).reshape(R, K)                  # (R, 4, K/4) read row by row
+
+
 def dequantize(w: QuantWeight, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The float matrix (N, K) a quantised weight stands for, in `dtype` (default: the scale's)."""
     dtype = dtype or w.dtype
@@ -156,8 +169,7 @@ def dequantize(w: QuantWeight, dtype: torch.dtype | None = None) -> torch.Tensor
         eye = torch.eye(w.shape[1], dtype=torch.bfloat16, device=w.device)
         return tinygemm_matmul(eye, w).T.to(dtype)                           # I (K, K) @ w^T -> (K, N)
     if isinstance(w, Int8GemvWeight):
-        N, K = w.shape
-        w = Int8Weight(w.q.view(N, K // 4, 4).transpose(1, 2).reshape(N, K), w.scale)   # natural column order
+        w = Int8Weight(natural_order(w.q), w.scale)
     if isinstance(w, Int8Weight):
         return (w.q.float() * w.scale.float()[..., None]).to(dtype)
     N, K = w.shape

@@ -6,7 +6,7 @@ of the words it holds, a contiguous run of inputs. In natural column order those
 input, so each product first copies x into 4 planes (`int8_gemv_planes`), a kernel of its own after a
 Triton producer (the fused add + RMSNorm, the SwiGLU). Storing each row's columns in plane order
 instead, column 4w + j holding input j K/4 + w, makes the planes x itself. The dot kernel (more rows)
-reads the same stored weight against x permuted to that order (`planar_columns`), which costs a kernel
+reads the same stored weight against x permuted to that order (`formats.plane_order`), which costs a kernel
 where the producer of x is a Triton kernel (eagerly on an H100 at 2-4 rows, 1.1-1.2x the natural
 order), so the layout is for one row a step. With the Triton kernel set, the compiled 7B int8 step at
 batch 1 ran at 316.3 tok/s in plane order (286.5 in natural order on an earlier lease).
@@ -15,7 +15,7 @@ batch 1 ran at 316.3 tok/s in plane order (286.5 in natural order on an earlier 
 from __future__ import annotations
 
 from ..errors import InputError
-from .formats import Int8GemvWeight, Int8Weight
+from .formats import Int8GemvWeight, Int8Weight, plane_order
 
 
 def fits(w: Int8Weight) -> bool:
@@ -27,8 +27,7 @@ def to_planar(w: Int8Weight) -> Int8GemvWeight:
     """The same weight with each row's columns in plane order: q'[:, 4w + j] = q[:, j K/4 + w]."""
     if not fits(w):
         raise InputError(f"an int8 weight of shape {tuple(w.shape)} does not fit the GEMV's planes (K % 4 == 0)")
-    N, K = w.shape
-    return Int8GemvWeight(w.q.view(N, 4, K // 4).transpose(1, 2).reshape(N, K).contiguous(), w.scale)   # (N, K/4, 4)
+    return Int8GemvWeight(plane_order(w.q).contiguous(), w.scale)
 
 
 def for_gemv(params: dict) -> dict:

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llamafn.kernels import quant_matmul
-from llamafn.quant.formats import (GROUP_SIZES, Int4Weight, Int8Weight, dequantize, pack_int4, quantize_int4,
-                                   quantize_int8)
+from llamafn.quant.formats import (GROUP_SIZES, Int4Weight, Int8Weight, dequantize, pack_int4, plane_order,
+                                   quantize_int4, quantize_int8)
 from llamafn.quant.planar import to_planar
 from tests.strategies import seeds
 
@@ -75,14 +75,14 @@ def test_int4_kernel(seed, path, n, k, group, dtype):
 @given(seeds(), st.integers(1, 24).map(lambda h: 8 * h), st.sampled_from(GROUP_SIZES))
 def test_gemv_activations_are_laid_out_by_word(seed, k, group):
     """x'[i, w] is x[8w + i] times the power of two the exponent trick needs (int4), the int8 planes are
-    x[4w + j] in x's dtype, `planar_columns` is their inverse, and the gemv path runs where the words fit."""
+    x[4w + j] in x's dtype, `plane_order` is their inverse, and the gemv path runs where the words fit."""
     x, w = inputs(seed, 2, 3, k, torch.float32)
     x4, x8 = quant_matmul.int4_gemv_activations(x), quant_matmul.int8_gemv_planes(x)
     assert x4.shape == (2, 8, k // 8) and x8.shape == (2, 4, k // 4) and x8.dtype == x.dtype
     powers = torch.tensor([256.0, 16.0] * 4, device=DEVICE)
     torch.testing.assert_close(x4.transpose(1, 2).reshape(2, k) / powers.repeat(k // 8), x, rtol=0, atol=0)
     torch.testing.assert_close(x8.transpose(1, 2).reshape(2, k), x, rtol=0, atol=0)
-    torch.testing.assert_close(quant_matmul.planar_columns(x8.reshape(2, k)), x, rtol=0, atol=0)
+    torch.testing.assert_close(plane_order(x8.reshape(2, k)), x, rtol=0, atol=0)
     assert quant_matmul.as_words(quantize_int4(w, group).q) is not None
     assert quant_matmul.as_words(quantize_int4(w, group).q[:, 1:]) is None          # misaligned rows
 

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 import llamafn as lf
 from llamafn.errors import InputError
-from llamafn.params import fuse
 from llamafn.quant import Int8GemvWeight, Int8Weight, dequantize, for_gemv, linear, quantize, scheme_of, to_tensors
 from llamafn.quant.formats import quantize_int8
 from llamafn.quant.planar import fits, to_planar
@@ -50,14 +49,12 @@ def test_weights_that_do_not_fit_and_the_embedding_table_stay_natural():
         to_tensors(out)
 
 
-def test_a_forward_in_planar_layout_equals_int8():
-    cfg = lf.ModelConfig(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=256, max_seq_len=32)
-    params = fuse(lf.init_params(cfg, generator=torch.Generator().manual_seed(0), dtype=torch.bfloat16, device=DEVICE))
+def test_a_forward_in_planar_layout_equals_int8(small_fused_model):
+    params, cfg, tokens = small_fused_model
     int8 = quantize(params, "int8", output=True)
     planar = for_gemv(int8)
     assert all(isinstance(planar[k], Int8GemvWeight) for k, v in int8.items()
                if isinstance(v, Int8Weight) and k != "tok_embeddings.weight")
-    tokens = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1)).to(DEVICE)
     expected, _ = lf.forward(int8, tokens, cfg=cfg)
     got, _ = lf.forward(planar, tokens, cfg=cfg)
     torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)

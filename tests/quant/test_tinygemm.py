@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 import llamafn as lf
 from llamafn.errors import InputError
-from llamafn.params import fuse
 from llamafn.quant import Int4TinyGemmWeight, Int4Weight, dequantize, for_tinygemm, linear, quantize, to_tensors
 from llamafn.quant.formats import GROUP_SIZES, quantize_int4
 from llamafn.quant.tinygemm import available, fits, to_tinygemm
@@ -57,13 +56,11 @@ def test_weights_that_do_not_fit_and_the_embedding_table_stay_int4():
         to_tensors(out)
 
 
-def test_a_forward_in_tinygemm_layout_equals_int4():
-    cfg = lf.ModelConfig(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=256, max_seq_len=32)
-    params = fuse(lf.init_params(cfg, generator=torch.Generator().manual_seed(0), dtype=torch.bfloat16, device=DEVICE))
+def test_a_forward_in_tinygemm_layout_equals_int4(small_fused_model):
+    params, cfg, tokens = small_fused_model
     int4 = quantize(params, "int4", group_size=64)
     tiny = for_tinygemm(int4)
     assert all(isinstance(tiny[k], Int4TinyGemmWeight) for k, v in int4.items() if isinstance(v, Int4Weight))
-    tokens = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1)).to(DEVICE)
     expected, _ = lf.forward(int4, tokens, cfg=cfg)
     got, _ = lf.forward(tiny, tokens, cfg=cfg)
     torch.testing.assert_close(got, expected, atol=0.1, rtol=0.05)

@@ -1,6 +1,6 @@
 """The inner loop of the quantised GEMV kernels in the SASS for sm_90 (Hopper), without a GPU.
 
-Compiles every autotuning config of `int8_gemv_kernel` / `int4_gemv_kernel` (llamafn.kernels.quant_matmul)
+Compiles every autotuning config of `int8_gemv_kernel` / `int4_gemv_kernel` (llamafn.kernels.quant_gemv)
 with the divisibility hints a real launch of the 7B shapes gets, disassembles the cubin with the
 nvdisasm that ships with Triton, and prints for the loop body: instructions, instructions a weight,
 barriers, shared-memory operations and spills (local memory). The GEMV was shaped this way before any
@@ -23,7 +23,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from llamafn.kernels import quant_matmul
+from llamafn.kernels import quant_gemv
 
 ARGS = {
     "int8": ["x_ptr:*bf16", "q_ptr:*i32", "s_ptr:*bf16", "out_ptr:*bf16", "N:i32", "KW:i32", "stride_xm:i32",
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group", type=int, default=128, help="int4 group size")
     ap.add_argument("--rows", type=int, help="only the configs with this many rows a program (BLOCK_N)")
     args = ap.parse_args(argv)
-    kernel = quant_matmul.int8_gemv_kernel if args.kernel == "int8" else quant_matmul.int4_gemv_kernel
-    for config in quant_matmul._gemv_configs(args.kernel, args.group):
+    kernel = quant_gemv.int8_gemv_kernel if args.kernel == "int8" else quant_gemv.int4_gemv_kernel
+    for config in quant_gemv.gemv_configs(args.kernel, args.group):
         if args.rows is not None and config.kwargs["BLOCK_N"] != args.rows:
             continue
         constexprs = dict(config.kwargs) | ({"GROUP": args.group} if args.kernel == "int4" else {})

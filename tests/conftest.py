@@ -62,11 +62,11 @@ def quant_kernels_first_config():
     if not torch.cuda.is_available():
         yield
         return
-    from llamafn.kernels import quant_matmul
+    from llamafn.kernels import quant_gemv, quant_matmul
 
     with pytest.MonkeyPatch.context() as mp:
-        gemv, dot = quant_matmul._gemv_configs, quant_matmul._dot_configs
-        mp.setattr(quant_matmul, "_gemv_configs", lambda name, group: gemv(name, group)[:1])
+        gemv, dot = quant_gemv.gemv_configs, quant_matmul._dot_configs
+        mp.setattr(quant_gemv, "gemv_configs", lambda name, group: gemv(name, group)[:1])
         mp.setattr(quant_matmul, "_dot_configs", lambda M, group: dot(M, group)[:1])
-        mp.setattr(quant_matmul, "_TUNED", {})
+        mp.setattr(quant_gemv, "TUNED", {})
         yield

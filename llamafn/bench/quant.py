@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import preset
-from ..kernels import quant_matmul
+from ..kernels import quant_gemv, quant_matmul
 from ..model import forward
 from ..params import fuse, init_params, nbytes
 from ..quant import dequantize, planar, quantize, tinygemm
@@ -68,17 +68,17 @@ def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
     if s == "int8":
         paths = {"triton": (lambda x, w: torch.ops.llamafn.int8_matmul(x, w.q, w.scale), copies)}
         if M == 1:
-            xw = quant_matmul.int8_gemv_planes(x)
+            xw = quant_gemv.int8_gemv_planes(x)
             paths["triton gemv kernel alone"] = (
-                lambda x, w: quant_matmul.int8_gemv(xw, quant_matmul.as_words(w.q), w.scale, x.dtype), copies)
+                lambda x, w: quant_gemv.int8_gemv(xw, quant_gemv.as_words(w.q), w.scale, x.dtype), copies)
         paths["triton, planar weight"] = (lambda x, w: torch.ops.llamafn.int8_matmul(x, w.q, w.scale, True),
                                           [planar.to_planar(w) for w in copies])
     else:
         paths = {"triton": (lambda x, w: torch.ops.llamafn.int4_matmul(x, w.q, w.scale, w.zero, w.group_size), copies)}
         if M == 1:
-            xw = quant_matmul.int4_gemv_activations(x)
+            xw = quant_gemv.int4_gemv_activations(x)
             paths["triton gemv kernel alone"] = (
-                lambda x, w: quant_matmul.int4_gemv(xw, quant_matmul.as_words(w.q), w.scale, w.zero, w.group_size,
+                lambda x, w: quant_gemv.int4_gemv(xw, quant_gemv.as_words(w.q), w.scale, w.zero, w.group_size,
                                                   x.dtype),
                 copies)
         if M <= 64 and tinygemm.available(x.device):

@@ -1,7 +1,7 @@
 """The int8 GEMV's plane order as a second layout of an Int8Weight, so that batch-1 decode reads x as
 it is.
 
-The int8 GEMV kernel (llamafn.kernels.quant_matmul) reads 4 weights a 32-bit word and needs, for byte j
+The int8 GEMV kernel (llamafn.kernels.quant_gemv) reads 4 weights a 32-bit word and needs, for byte j
 of the words it holds, a contiguous run of inputs. In natural column order those are every fourth
 input, so each product first copies x into 4 planes (`int8_gemv_planes`), a kernel of its own after a
 Triton producer (the fused add + RMSNorm, the SwiGLU). Storing each row's columns in plane order

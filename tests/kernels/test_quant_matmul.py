@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llamafn.kernels import quant_matmul
+from llamafn.kernels import quant_gemv, quant_matmul
 from llamafn.quant.formats import (GROUP_SIZES, Int4Weight, Int8Weight, dequantize, pack_int4, plane_order,
                                    quantize_int4, quantize_int8)
 from llamafn.quant.planar import to_planar
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.skipif(quant_matmul.triton is None, reason="triton is 
               pytest.mark.usefixtures("quant_kernels_first_config")]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
-EVERY_GEMV_CONFIG = quant_matmul._gemv_configs                  # before quant_kernels_first_config narrows it
+EVERY_GEMV_CONFIG = quant_gemv.gemv_configs                  # before quant_kernels_first_config narrows it
 
 
 def check(out: torch.Tensor, x: torch.Tensor, w) -> None:
@@ -77,14 +77,14 @@ def test_gemv_activations_are_laid_out_by_word(seed, k, group):
     """x'[i, w] is x[8w + i] times the power of two the exponent trick needs (int4), the int8 planes are
     x[4w + j] in x's dtype, `plane_order` is their inverse, and the gemv path runs where the words fit."""
     x, w = inputs(seed, 2, 3, k, torch.float32)
-    x4, x8 = quant_matmul.int4_gemv_activations(x), quant_matmul.int8_gemv_planes(x)
+    x4, x8 = quant_gemv.int4_gemv_activations(x), quant_gemv.int8_gemv_planes(x)
     assert x4.shape == (2, 8, k // 8) and x8.shape == (2, 4, k // 4) and x8.dtype == x.dtype
     powers = torch.tensor([256.0, 16.0] * 4, device=DEVICE)
     torch.testing.assert_close(x4.transpose(1, 2).reshape(2, k) / powers.repeat(k // 8), x, rtol=0, atol=0)
     torch.testing.assert_close(x8.transpose(1, 2).reshape(2, k), x, rtol=0, atol=0)
     torch.testing.assert_close(plane_order(x8.reshape(2, k)), x, rtol=0, atol=0)
-    assert quant_matmul.as_words(quantize_int4(w, group).q) is not None
-    assert quant_matmul.as_words(quantize_int4(w, group).q[:, 1:]) is None          # misaligned rows
+    assert quant_gemv.as_words(quantize_int4(w, group).q) is not None
+    assert quant_gemv.as_words(quantize_int4(w, group).q[:, 1:]) is None          # misaligned rows
 
 
 @given(seeds(), st.integers(1, 40), st.integers(1, 40).map(lambda h: 8 * h), st.sampled_from(GROUP_SIZES))
@@ -110,27 +110,27 @@ def test_every_gemv_config(name):
     dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
     x, w = inputs(0, 1, 13, 1000, dtype)
     q = quantize_int8(w) if name == "int8" else quantize_int4(w, 128)
-    words = quant_matmul.as_words(q.q)
+    words = quant_gemv.as_words(q.q)
     N, KW = words.shape
     for config in EVERY_GEMV_CONFIG(name, 128):
         out = torch.empty(1, N, dtype=dtype, device=DEVICE)
         launch = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
         if name == "int8":
-            xw = quant_matmul.int8_gemv_planes(x)
-            quant_matmul.int8_gemv_kernel[quant_matmul.gemv_grid(N, 1)](
-                xw, words, q.scale, out, N, KW, xw.stride(0), words.stride(0), out.stride(0), quant_matmul.MAGIC_INT8,
+            xw = quant_gemv.int8_gemv_planes(x)
+            quant_gemv.int8_gemv_kernel[quant_gemv.gemv_grid(N, 1)](
+                xw, words, q.scale, out, N, KW, xw.stride(0), words.stride(0), out.stride(0), quant_gemv.MAGIC_INT8,
                 **launch)
         else:
-            xw = quant_matmul.int4_gemv_activations(x)
-            quant_matmul.int4_gemv_kernel[quant_matmul.gemv_grid(N, 1)](
+            xw = quant_gemv.int4_gemv_activations(x)
+            quant_gemv.int4_gemv_kernel[quant_gemv.gemv_grid(N, 1)](
                 xw, words, q.scale, q.zero, out, N, KW, q.scale.shape[1], xw.stride(0), words.stride(0),
-                q.scale.stride(0), out.stride(0), quant_matmul.MAGIC_ONE, GROUP=128, **launch)
+                q.scale.stride(0), out.stride(0), quant_gemv.MAGIC_ONE, GROUP=128, **launch)
         check(out, x, q)
 
 
 def test_launch_group_covers_a_single_group():
-    assert quant_matmul.launch_group(128) == 128
-    assert quant_matmul.launch_group(172) == 256 and quant_matmul.launch_group(10) == 32
+    assert quant_gemv.launch_group(128) == 128
+    assert quant_gemv.launch_group(172) == 256 and quant_gemv.launch_group(10) == 32
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="the custom ops run their kernels on a GPU; the CPU uses dequantize + matmul")

@@ -44,14 +44,14 @@ def test_loop_opcodes_reads_the_body_of_the_backward_branch():
 def test_gemv_loop_has_no_barrier_shared_memory_or_spill(kernel, rows):
     """At the rows a program the tuner picked on an H100 for every 7B shape (two for int8, one for int4),
     every config's loop."""
-    from llamafn.kernels import quant_matmul
+    from llamafn.kernels import quant_gemv
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}       # compile for real, not interpret
     run = subprocess.run([sys.executable, str(SCRIPT), "--kernel", kernel, "--rows", str(rows)], capture_output=True,
                          text=True, env=env, cwd=SCRIPT.parents[1], timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     lines = [line for line in run.stdout.splitlines() if "instructions a loop" in line]
-    configs = [c for c in quant_matmul._gemv_configs(kernel, 128) if c.kwargs["BLOCK_N"] == rows]
+    configs = [c for c in quant_gemv.gemv_configs(kernel, 128) if c.kwargs["BLOCK_N"] == rows]
     assert len(lines) == len(configs) > 0, run.stdout
     for line in lines:
         assert re.search(r"BAR 0, shared 0, spills 0$", line), line

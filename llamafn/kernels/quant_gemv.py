@@ -65,7 +65,13 @@ if triton is not None:
         its sign bit flipped (u = q + 128) and set in 1.0's mantissa: f = 1 + u 2^-8, so f x = x + (q + 128) x
         2^-8 exactly and sum q x = 2^8 (sum f x - 1.5 sum x) (magic = 0x3FC00000).
         Tried and slower on an H100: SwiGLU in the epilogue of a fused w13's gemv (each program its gate
-        and up rows; the 7B step's int8 gemvs took 127-170 us more, the SwiGLU kernels it saved 47)."""
+        and up rows; the 7B step's int8 gemvs took 127-170 us more, the SwiGLU kernels it saved 47).
+        Tried, no gain (7B shapes in CUDA graphs, weights past L2): the RMSNorm folded in (each program
+        summing x^2 over the x it loads, rstd in the epilogue): wqkv 23.6 against 23.8 us for inductor's
+        norm and this kernel, w13 37.8 against 36.7; wo with a residual epilogue then w13 with the norm,
+        45.2 against 45.0 for wo, add_rms_norm and w13. Measured and not yet a tuner candidate:
+        persistent programs (8-16 an SM, each looping over row blocks) took wqkv from 23.7 to 20.0 us,
+        w13 33.5 to 32.9, w2 19.0 to 18.5 and wo 8.5 to 8.3."""
         pid_n, m = tl.program_id(0), tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
         rows = tl.minimum(rn, N - 1)                                                  # (BN,) in bounds

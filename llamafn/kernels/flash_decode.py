@@ -17,7 +17,7 @@ import math
 import torch
 
 from ..errors import InputError
-from .runtime import INTERPRET, launcher, triton
+from .runtime import INTERPRET, launcher, sm_count, triton
 
 if triton is not None:
     import triton.language as tl
@@ -142,11 +142,6 @@ def decode_splits(batch: int, n_kv_heads: int, n_keys: int, block_n: int, n_sms:
     single split wins, and a compiled 7B int8 step lost its 32 merge launches (316.3 tok/s)."""
     programs = 2 if INTERPRET else n_sms
     return max(1, min(triton.cdiv(n_keys, max(block_n, MIN_SPLIT_KEYS)), triton.cdiv(programs, batch * n_kv_heads)))
-
-
-@functools.cache
-def sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,

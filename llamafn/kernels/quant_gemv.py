@@ -3,8 +3,8 @@ registers (llamafn.kernels.quant_matmul dispatches here for M == 1; the formats 
 
 The kernels run on the CUDA cores and read the weights as int32 words. Weights become floats by the
 exponent trick instead of int-to-float conversions (I2F issues at a quarter of the FMA rate on Hopper):
-a byte shifted to bits 15-22 and put into 1.0's mantissa is f = 1 + v 2^-8 (v the byte, or a nibble at 15-18 / 19-22 with 2^-8 / 2^-4), so with the activations pre-scaled by
-the inverse power of two, x' = x 2^8 (or 2^4), f x' = x' + v x exactly, and a word's sum of v x is
+a byte shifted to bits 15-22 and put into 1.0's mantissa is f = 1 + v 2^-8 (v the byte, or a nibble
+at 15-18 / 19-22 with 2^-8 / 2^-4), so with the activations pre-scaled by the inverse power of two, x' = x 2^8 (or 2^4), f x' = x' + v x exactly, and a word's sum of v x is
 its sum of f x' minus its sum of x'. One shift, one AND-XOR and one FMA a weight; nothing crosses
 threads until the final sum. A program holds BLOCK_N rows of the same words in every thread, so each
 loaded x' can serve several rows. In the SASS for sm_90 (`python scripts/sass_mix.py`) the int4 loop
@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from ..quant.formats import natural_order
-from .runtime import INTERPRET, launcher, triton
+from .runtime import INTERPRET, launcher, sm_count, triton
 
 if triton is not None:
     import triton.language as tl
@@ -58,26 +58,13 @@ if triton is not None:
         return tl.load(x_row + i * KW + word, mask=in_k, other=0.0).to(tl.float32)
 
     @triton.jit
-    def int8_gemv_kernel(x_ptr, q_ptr, s_ptr, out_ptr, N, KW, stride_xm, stride_qn, stride_om, magic,
-                         BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
-        """One row of x against BLOCK_N rows of int8 words: x_ptr (M, 4, KW) planes, plane j at word w the
-        input of byte j of word w, q_ptr (N, KW) int32, byte j at bits 8j. Each byte is moved to bits 15-22,
-        its sign bit flipped (u = q + 128) and set in 1.0's mantissa: f = 1 + u 2^-8, so f x = x + (q + 128) x
-        2^-8 exactly and sum q x = 2^8 (sum f x - 1.5 sum x) (magic = 0x3FC00000).
-        Tried and slower on an H100: SwiGLU in the epilogue of a fused w13's gemv (each program its gate
-        and up rows; the 7B step's int8 gemvs took 127-170 us more, the SwiGLU kernels it saved 47).
-        Tried, no gain (7B shapes in CUDA graphs, weights past L2): the RMSNorm folded in (each program
-        summing x^2 over the x it loads, rstd in the epilogue): wqkv 23.6 against 23.8 us for inductor's
-        norm and this kernel, w13 37.8 against 36.7; wo with a residual epilogue then w13 with the norm,
-        45.2 against 45.0 for wo, add_rms_norm and w13. Measured and not yet a tuner candidate:
-        persistent programs (8-16 an SM, each looping over row blocks) took wqkv from 23.7 to 20.0 us,
-        w13 33.5 to 32.9, w2 19.0 to 18.5 and wo 8.5 to 8.3."""
-        pid_n, m = tl.program_id(0), tl.program_id(1)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
+    def int8_gemv_rows(x_row, q_ptr, s_ptr, out_row, N, KW, stride_qn, magic, block,
+                       BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+        """Row block `block` of int8_gemv_kernel: BLOCK_N weight rows against one row of x, stored."""
+        rn = block * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
         rows = tl.minimum(rn, N - 1)                                                  # (BN,) in bounds
         rw = tl.arange(0, BLOCK_W)                                                    # (BW,)
         acc = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
-        x_row = x_ptr + m * stride_xm
         for w0 in range(0, KW, BLOCK_W):
             word = w0 + rw                                                            # (BW,)
             in_k = word < KW
@@ -89,7 +76,30 @@ if triton is not None:
                 xs += xj
             acc -= 1.5 * xs[None, :]
         out = tl.sum(acc, axis=1) * 256.0 * tl.load(s_ptr + rows).to(tl.float32)     # (BN,)
-        tl.store(out_ptr + m * stride_om + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
+        tl.store(out_row + rn, out.to(out_row.dtype.element_ty), mask=rn < N)
+
+    @triton.jit
+    def int8_gemv_kernel(x_ptr, q_ptr, s_ptr, out_ptr, N, KW, stride_xm, stride_qn, stride_om, magic,
+                         BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PER_SM: tl.constexpr):
+        """One row of x against BLOCK_N rows of int8 words a row block: x_ptr (M, 4, KW) planes, plane j at
+        word w the input of byte j of word w, q_ptr (N, KW) int32, byte j at bits 8j. Each byte is moved to
+        bits 15-22, its sign bit flipped (u = q + 128) and set in 1.0's mantissa: f = 1 + u 2^-8, so
+        f x = x + (q + 128) x 2^-8 exactly and sum q x = 2^8 (sum f x - 1.5 sum x) (magic = 0x3FC00000).
+        PER_SM = 0: a program a row block; else PER_SM programs an SM (gemv_grid), each looping over row
+        blocks. Persistent programs, measured alone (7B shapes in CUDA graphs, weights past L2, H100),
+        took wqkv from 23.7 to 20.0 us, w13 33.5 to 32.9, w2 19.0 to 18.5 and wo 8.5 to 8.3.
+        Tried and slower on an H100: SwiGLU in the epilogue of a fused w13's gemv (each program its gate
+        and up rows; the 7B step's int8 gemvs took 127-170 us more, the SwiGLU kernels it saved 47).
+        Tried, no gain: the RMSNorm folded in (each program summing x^2 over the x it loads, rstd in the
+        epilogue): wqkv 23.6 against 23.8 us for inductor's norm and this kernel, w13 37.8 against 36.7;
+        wo with a residual epilogue then w13 with the norm, 45.2 against 45.0 for wo, add_rms_norm and w13."""
+        pid_n, m = tl.program_id(0), tl.program_id(1)
+        x_row, out_row = x_ptr + m * stride_xm, out_ptr + m * stride_om
+        if PER_SM == 0:
+            int8_gemv_rows(x_row, q_ptr, s_ptr, out_row, N, KW, stride_qn, magic, pid_n, BLOCK_N, BLOCK_W)
+        else:
+            for block in range(pid_n, tl.cdiv(N, BLOCK_N), tl.num_programs(0)):
+                int8_gemv_rows(x_row, q_ptr, s_ptr, out_row, N, KW, stride_qn, magic, block, BLOCK_N, BLOCK_W)
 
     @triton.jit
     def int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, N, KW, G, stride_xm, stride_qn, stride_sn, stride_om,
@@ -147,14 +157,19 @@ def gemv_configs(name: str, group: int) -> list:
     """Autotuning candidates for the gemv kernels: BLOCK_N rows a program (held in every thread, so each
     loaded x is used BLOCK_N times) and one or two vectors of 4 words a thread and row in each iteration
     (one for int8: at two, a 16-bit x is loaded 8 values a vector against the weights' 4 words, and the
-    layouts meet through shared memory); one stage, as nothing feeds tl.dot."""
+    layouts meet through shared memory); one stage, as nothing feeds tl.dot. For int8 also persistent
+    programs (PER_SM an SM) at the row blocks and warps where they measured best."""
     out = []
     for bn in (1, 2, 4, 8):
         for warps in (2, 4, 8):
             for reps in (1, 2) if bn < 8 and name == "int4" else (1,):               # 8 rows x 2 spill registers
                 words = 4 * 32 * warps * reps
-                tile = {"BLOCK_W": words} if name == "int8" else {"BLOCK_G": max(1, words // (group // 8))}
+                tile = ({"BLOCK_W": words, "PER_SM": 0} if name == "int8"
+                        else {"BLOCK_G": max(1, words // (group // 8))})
                 out.append(triton.Config({"BLOCK_N": bn, **tile}, num_warps=warps, num_stages=1))
+    if name == "int8":
+        out += [triton.Config({"BLOCK_N": bn, "BLOCK_W": 128 * warps, "PER_SM": per_sm}, num_warps=warps,
+                              num_stages=1) for bn in (2, 4) for warps in (2, 4) for per_sm in (8, 16)]
     return out
 
 
@@ -174,7 +189,7 @@ def gemv_kernel(name: str, group: int = 0):
     autotuned kernel on a GPU."""
     kernel = int8_gemv_kernel if name == "int8" else int4_gemv_kernel
     if INTERPRET:
-        return kernel, {"BLOCK_N": 2, "BLOCK_W": 16} if name == "int8" else {"BLOCK_N": 2, "BLOCK_G": 2}
+        return kernel, {"BLOCK_N": 2, "BLOCK_W": 16, "PER_SM": 0} if name == "int8" else {"BLOCK_N": 2, "BLOCK_G": 2}
     return autotuned((name, True, 1, group), kernel, gemv_configs(name, group), ["N", "KW"]), {}
 
 
@@ -200,9 +215,14 @@ def int4_gemv_activations(x: torch.Tensor) -> torch.Tensor:
     return scaled.view(M, K // 8, 8).transpose(1, 2).contiguous()
 
 
-def gemv_grid(N: int, M: int):
-    """Programs of the gemv kernels: BLOCK_N weight rows by one row of x each."""
-    return lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), M)
+def gemv_grid(N: int, M: int, device: torch.device):
+    """Programs of the gemv kernels: a row block (BLOCK_N weight rows) by one row of x each, or, for
+    persistent programs, PER_SM an SM (at most one a row block) by one row of x."""
+    def grid(meta):
+        blocks = triton.cdiv(N, meta["BLOCK_N"])
+        per_sm = meta.get("PER_SM", 0)
+        return (min(blocks, per_sm * sm_count(device)) if per_sm else blocks, M)
+    return grid
 
 
 def launch_group(group_size: int) -> int:
@@ -217,8 +237,8 @@ def int8_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, dtype:
     M, N, KW = xw.shape[0], words.shape[0], words.shape[1]
     out = torch.empty(M, N, dtype=dtype, device=xw.device)
     kernel, fixed = gemv_kernel("int8")
-    launcher(kernel)[gemv_grid(N, M)](xw, words, scale, out, N, KW, xw.stride(0), words.stride(0), out.stride(0),
-                                      MAGIC_INT8, **fixed)
+    launcher(kernel)[gemv_grid(N, M, xw.device)](xw, words, scale, out, N, KW, xw.stride(0), words.stride(0),
+                                                 out.stride(0), MAGIC_INT8, **fixed)
     return out
 
 
@@ -229,8 +249,9 @@ def int4_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: 
     group = launch_group(group_size)
     out = torch.empty(M, N, dtype=dtype, device=xw.device)
     kernel, fixed = gemv_kernel("int4", group)
-    launcher(kernel)[gemv_grid(N, M)](xw, words, scale, zero, out, N, KW, scale.shape[1], xw.stride(0),
-                                      words.stride(0), scale.stride(0), out.stride(0), MAGIC_ONE, GROUP=group, **fixed)
+    launcher(kernel)[gemv_grid(N, M, xw.device)](xw, words, scale, zero, out, N, KW, scale.shape[1], xw.stride(0),
+                                                 words.stride(0), scale.stride(0), out.stride(0), MAGIC_ONE,
+                                                 GROUP=group, **fixed)
     return out
 
 

@@ -5,6 +5,7 @@ that a kernel can run at all."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -29,6 +30,12 @@ if triton is not None:
             return tl.dot(a, b, input_precision="ieee")
         else:
             return tl.dot(a, b)
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (1 elsewhere)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def launcher(kernel):

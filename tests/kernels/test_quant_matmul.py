@@ -117,15 +117,38 @@ def test_every_gemv_config(name):
         launch = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
         if name == "int8":
             xw = quant_gemv.int8_gemv_planes(x)
-            quant_gemv.int8_gemv_kernel[quant_gemv.gemv_grid(N, 1)](
+            quant_gemv.int8_gemv_kernel[quant_gemv.gemv_grid(N, 1, x.device)](
                 xw, words, q.scale, out, N, KW, xw.stride(0), words.stride(0), out.stride(0), quant_gemv.MAGIC_INT8,
                 **launch)
         else:
             xw = quant_gemv.int4_gemv_activations(x)
-            quant_gemv.int4_gemv_kernel[quant_gemv.gemv_grid(N, 1)](
+            quant_gemv.int4_gemv_kernel[quant_gemv.gemv_grid(N, 1, x.device)](
                 xw, words, q.scale, q.zero, out, N, KW, q.scale.shape[1], xw.stride(0), words.stride(0),
                 q.scale.stride(0), out.stride(0), quant_gemv.MAGIC_ONE, GROUP=128, **launch)
         check(out, x, q)
+
+
+@given(seeds(), st.integers(1, 40), st.integers(1, 80).map(lambda w: 4 * w), st.integers(1, 4))
+def test_persistent_int8_gemv_loops_over_row_blocks(seed, n, k, programs):
+    """PER_SM > 0: fewer programs than row blocks, each looping over every programs-th block (on a GPU
+    the tuner's persistent configs start PER_SM programs an SM)."""
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    x, w = inputs(seed, 1, n, k, dtype)
+    q = quantize_int8(w)
+    words, xw = quant_gemv.as_words(q.q), quant_gemv.int8_gemv_planes(x)
+    out = torch.empty(1, n, dtype=dtype, device=DEVICE)
+    quant_gemv.int8_gemv_kernel[(programs, 1)](xw, words, q.scale, out, n, k // 4, xw.stride(0), words.stride(0),
+                                               out.stride(0), quant_gemv.MAGIC_INT8, BLOCK_N=2, BLOCK_W=16, PER_SM=1)
+    check(out, x, q)
+
+
+def test_gemv_grid_caps_persistent_programs():
+    """A program a row block, or PER_SM an SM and at most one a row block (one SM counted off a GPU)."""
+    sms = quant_gemv.sm_count(torch.device(DEVICE))
+    grid = quant_gemv.gemv_grid(5000, 3, torch.device(DEVICE))
+    assert grid({"BLOCK_N": 2, "PER_SM": 0}) == (2500, 3) and grid({"BLOCK_N": 4}) == (1250, 3)
+    assert grid({"BLOCK_N": 2, "PER_SM": 8}) == (min(2500, 8 * sms), 3)
+    assert quant_gemv.gemv_grid(6, 1, torch.device(DEVICE))({"BLOCK_N": 2, "PER_SM": 16}) == (3, 1)
 
 
 def test_launch_group_covers_a_single_group():

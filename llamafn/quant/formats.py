@@ -99,7 +99,7 @@ QuantWeight = Int8Weight | Int4Weight | Int4TinyGemmWeight | Int8GemvWeight
 
 
 def is_quantized(w: object) -> bool:
-    return isinstance(w, (Int8Weight, Int4Weight, Int4TinyGemmWeight, Int8GemvWeight))
+    return isinstance(w, QuantWeight)
 
 
 def stored_scale(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -9,7 +9,7 @@ instead, column 4w + j holding input j K/4 + w, makes the planes x itself. The d
 reads the same stored weight against x permuted to that order (`formats.plane_order`), which costs a kernel
 where the producer of x is a Triton kernel (eagerly on an H100 at 2-4 rows, 1.1-1.2x the natural
 order), so the layout is for one row a step. With the Triton kernel set, the compiled 7B int8 step at
-batch 1 ran at 316.3 tok/s in plane order (286.5 in natural order on an earlier lease).
+batch 1 ran at 299.7 tok/s in plane order against 285.0 in natural order on one H100 (316.3 on another).
 """
 
 from __future__ import annotations

@@ -71,11 +71,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     tok = Tokenizer(args.tokenizer or find_tokenizer(model))
     params, cfg = checkpoint.load(model, dtype=dtype, device=device, quantize=args.quantize, group_size=args.group_size)
     rows_a_step = args.beams if args.beams > 1 else args.k + 1 if args.speculative else 1
-    if rows_a_step == 1 and device.startswith("cuda"):
-        params = quant.for_gemv(params)                 # int8 in the GEMV's plane order: it reads x as it is
     if (rows_a_step <= quant.tinygemm.FASTER_UP_TO_ROWS and device.startswith("cuda")
-            and quant.tinygemm.available(torch.device(device))):
-        params = quant.for_tinygemm(params)             # few rows a step: tinygemm is the faster int4 product there
+            and quant.tinygemm.available(torch.device(device)) and not (rows_a_step == 1 and dtype == torch.bfloat16)):
+        params = quant.for_tinygemm(params)             # 2-4 rows a step (or not bf16): tinygemm is the faster int4 product
+    if rows_a_step == 1 and device.startswith("cuda"):
+        params = quant.for_gemv(params)                 # the rest in the GEMVs' plane orders: they read x as it is
     if tok.vocab_size > cfg.vocab_size:
         raise TokenizerError(f"tokenizer {tok.path} has {tok.vocab_size} tokens but the model's vocabulary "
                              f"has {cfg.vocab_size}: they do not belong together")

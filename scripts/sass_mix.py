@@ -28,8 +28,8 @@ from llamafn.kernels import quant_gemv
 ARGS = {
     "int8": ["x_ptr:*bf16", "q_ptr:*i32", "s_ptr:*bf16", "out_ptr:*bf16", "N:i32", "KW:i32", "stride_xm:i32",
              "stride_qn:i32", "stride_om:i32", "magic:i32"],
-    "int4": ["x_ptr:*fp32", "q_ptr:*i32", "s_ptr:*bf16", "z_ptr:*u8", "out_ptr:*bf16", "N:i32", "KW:i32", "G:i32",
-             "stride_xm:i32", "stride_qn:i32", "stride_sn:i32", "stride_om:i32", "magic:i32"],
+    "int4": ["x_ptr:*i32", "q_ptr:*i32", "s_ptr:*bf16", "z_ptr:*u8", "out_ptr:*bf16", "N:i32", "G:i32",
+             "stride_xm:i32", "stride_qn:i32", "stride_sn:i32", "stride_om:i32"],
 }
 MULTIPLES_OF_16 = {"x_ptr", "q_ptr", "s_ptr", "z_ptr", "out_ptr", "N", "KW", "stride_xm", "stride_qn", "stride_om", "magic"}
 

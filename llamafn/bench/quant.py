@@ -32,7 +32,7 @@ from .decode import compiled_decode, log, profile_step
 
 def parse_scheme(name: str) -> tuple[str, int]:
     """'int4-g32' -> ('int4', 32); 'int8' -> ('int8', 0); 'bf16' -> ('bf16', 0). A decode scheme may end in
-    a run-time layout, '+tinygemm' (int4) or '+gemv' (int8; `decode_params`), which is not part of the pair."""
+    a run-time layout, '+tinygemm' (int4) or '+gemv' (int8, int4; `decode_params`), which is not part of the pair."""
     scheme, _, group = name.partition("+")[0].partition("-g")
     return scheme, int(group or 0)
 
@@ -60,7 +60,7 @@ def relative_error(out: torch.Tensor, x: torch.Tensor, w) -> float:
 def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
     """{path: (fn(x, prepared weight), prepared copies)} timed for scheme s at x's rows. For one row the
     gemv kernel is also timed alone, on activations laid out beforehand (in the compiled decode step that
-    layout is fused into the producer of x where inductor writes the producer), and int8 on a weight in
+    layout is fused into the producer of x where inductor writes the producer), and on a weight in its
     plane order, which reads x as it is."""
     M = x.shape[0]
     if s == "bf16":
@@ -76,11 +76,14 @@ def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
     else:
         paths = {"triton": (lambda x, w: torch.ops.llamafn.int4_matmul(x, w.q, w.scale, w.zero, w.group_size), copies)}
         if M == 1:
-            xw = quant_gemv.int4_gemv_activations(x)
+            pairs = quant_gemv.int4_gemv_pairs(x, copies[0].group_size)
             paths["triton gemv kernel alone"] = (
-                lambda x, w: quant_gemv.int4_gemv(xw, quant_gemv.as_words(w.q), w.scale, w.zero, w.group_size,
+                lambda x, w: quant_gemv.int4_gemv(pairs, quant_gemv.as_words(w.q), w.scale, w.zero, w.group_size,
                                                   x.dtype),
                 copies)
+        paths["triton, planar weight"] = (
+            lambda x, w: torch.ops.llamafn.int4_matmul(x, w.q, w.scale, w.zero, w.group_size, True),
+            [planar.to_planar(w) for w in copies])
         if M <= 64 and tinygemm.available(x.device):
             paths["tinygemm (torch._weight_int4pack_mm)"] = (tinygemm.tinygemm_matmul,
                                                              [tinygemm.to_tinygemm(w) for w in copies])

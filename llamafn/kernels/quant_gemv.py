@@ -1,40 +1,63 @@
 """The quantised weights' GEMV (x @ W^T for one row of x, batch-1 decode) in Triton, dequantising in
 registers (llamafn.kernels.quant_matmul dispatches here for M == 1; the formats are llamafn.quant.formats).
 
-The kernels run on the CUDA cores and read the weights as int32 words. Weights become floats by the
-exponent trick instead of int-to-float conversions (I2F issues at a quarter of the FMA rate on Hopper):
-a byte shifted to bits 15-22 and put into 1.0's mantissa is f = 1 + v 2^-8 (v the byte, or a nibble
-at 15-18 / 19-22 with 2^-8 / 2^-4), so with the activations pre-scaled by the inverse power of two, x' = x 2^8 (or 2^4), f x' = x' + v x exactly, and a word's sum of v x is
-its sum of f x' minus its sum of x'. One shift, one AND-XOR and one FMA a weight; nothing crosses
-threads until the final sum. A program holds BLOCK_N rows of the same words in every thread, so each
-loaded x' can serve several rows. In the SASS for sm_90 (`python scripts/sass_mix.py`) the int4 loop
-takes 6.2 instructions a weight at one row a program and 3.5 at eight, with no barrier at the one
-or two rows the tuner picks, against 11.5 and 12-20 barriers an iteration for the gemv it replaced
-(I2F conversions, each group reduced across warps). Measured on an H100 with the weights streamed
-from HBM, the time hardly depends on the rows (18.5-23 us for the 7B wqkv over every config but the
-widest), so the kernel is not bound by instruction issue.
-The int8 kernel reads x in its own dtype as 4 planes, byte j of word w against x[j KW + w], so that the
-loads of each plane are contiguous and vectorise like the weights' (a strided or reshaped load of x in
-its natural order put 8 barriers and shared-memory round trips in the loop, in the SASS). The planes
-are x itself for a weight whose columns are stored in that order (`Int8GemvWeight`,
-llamafn.quant.planar), else a transposed copy of x (`int8_gemv_planes`); the dot kernel takes x
-permuted to a planar weight's column order (`formats.plane_order`). The int4 kernel's x' is laid out by
-`int4_gemv_activations`, pre-scaled. Inside the custom op these layouts are torch ops, so inductor
-fuses them into the producer of x (the RMSNorm or the SwiGLU) where that is its own kernel.
+Both kernels run on the CUDA cores and read the weights as int32 words; nothing crosses threads until
+the final sum, and a program holds BLOCK_N rows of the same words in every thread, so each loaded x can
+serve several rows. At batch 1 the bytes are few for the work, so what bounds these kernels is the
+instructions a weight: an H100 streams 3 TB/s, 13 bytes a cycle an SM, which at int4 is 26 weights a
+cycle against 4 warp instructions an SM (`python scripts/sass_mix.py` counts the loop's SASS).
 
-On a GPU each kernel is autotuned per (N, K words); under `TRITON_INTERPRET=1` it runs one fixed small
-tile (the CPU tests).
-"""
+int8: weights become floats by the exponent trick instead of int-to-float conversions (I2F issues at a
+quarter of the FMA rate on Hopper): a byte shifted to bits 15-22 of 1.0's mantissa, its sign bit flipped,
+is f = 1 + (q + 128) 2^-8, so f x = x + (q + 128) x 2^-8 exactly and a word's sum of q x follows from
+its sums of f x and of x: one shift, one AND-XOR and one FMA a weight. The kernel reads x in its own
+dtype as 4 planes, byte j of word w against x[j KW + w], so that the loads of each plane are contiguous
+and vectorise like the weights' (a strided or reshaped load of x in its natural order put 8 barriers and
+shared-memory round trips in the loop, in the SASS). The planes are x itself for a weight whose columns
+are stored in that order (`Int8GemvWeight`, llamafn.quant.planar), else a transposed copy of x
+(`int8_gemv_planes`).
+
+int4: packed bf16 arithmetic in inline PTX (`PACKED_DOT`): a LOP3 turns two nibbles into two bf16 lanes
+128 + q, an FMA subtracts 128 + z, and FMAs against pairs of bf16 inputs sum the products, 18
+instructions for a word's 8 weights, 4.0 a weight at one row a program in the SASS. The exponent-trick
+int4 kernel it replaced (fp32 x pre-scaled by 2^8 / 2^4 in a layout of its own) took 6.2 and ran the 7B
+shapes at 37-50% of the copy rate on an H100, slower than PyTorch's tinygemm; the packed kernel, on
+the same card, ran them faster than tinygemm (numbers in llamafn.quant.planar). Its inputs are x's
+bf16 pairs as they are for a weight in group-plane order (`Int4GemvWeight`), else x permuted into
+that order (`int4_gemv_pairs`). Products and 4-term sums are rounded to bf16 (8 bits) inside a word,
+the rest is fp32. The interpreter cannot run PTX, so under `TRITON_INTERPRET=1` the kernel computes the
+same sums in fp32 (ASM=False); the PTX runs in the GPU tests.
+
+Inside the custom op the layouts of x are torch ops, so inductor fuses them into the producer of x (the
+RMSNorm or the SwiGLU) where that is its own kernel. On a GPU each kernel is autotuned per shape; under
+`TRITON_INTERPRET=1` it runs one fixed small tile (the CPU tests)."""
 
 from __future__ import annotations
 
 import torch
 
-from ..quant.formats import natural_order
+from ..quant.formats import group_natural_order, natural_order
 from .runtime import INTERPRET, launcher, sm_count, triton
 
 if triton is not None:
     import triton.language as tl
+
+    # Dot of a word's 8 nibbles with 8 bf16 inputs, in packed bf16 (sm_80+): lop3 sets nibble pair (j, j + 4),
+    # at bits 4j and 16 + 4j after a shift, into the mantissas of two bf16 128.0s (128 + q, exact); an FMA
+    # with -(128 + z) ($6) leaves q - z exactly; four FMAs against the input pairs $2-$5 sum 4 products a
+    # lane in bf16 (products and sums rounded to 8 bits), and the two lanes are added in fp32. One line:
+    # inductor copies a kernel's source into its generated module, where a newline in a string breaks it.
+    PACKED_DOT = tl.constexpr(
+        "{ .reg .b32 t0, t1, t2, t3, a, one, zero; mov.b32 one, 0x3F803F80; mov.b32 zero, 0x80008000; "
+        "lop3.b32 t0, $1, 0x000F000F, 0x43004300, 0xEA; shr.u32 a, $1, 4; "
+        "lop3.b32 t1, a, 0x000F000F, 0x43004300, 0xEA; shr.u32 a, $1, 8; "
+        "lop3.b32 t2, a, 0x000F000F, 0x43004300, 0xEA; shr.u32 a, $1, 12; "
+        "lop3.b32 t3, a, 0x000F000F, 0x43004300, 0xEA; "
+        "fma.rn.bf16x2 t0, t0, one, $6; fma.rn.bf16x2 t1, t1, one, $6; "
+        "fma.rn.bf16x2 t2, t2, one, $6; fma.rn.bf16x2 t3, t3, one, $6; "
+        "fma.rn.bf16x2 a, t0, $2, zero; fma.rn.bf16x2 a, t1, $3, a; "
+        "fma.rn.bf16x2 a, t2, $4, a; fma.rn.bf16x2 a, t3, $5, a; "
+        "shl.b32 t0, a, 16; and.b32 t1, a, 0xFFFF0000; add.f32 $0, t0, t1; }")
 
     @triton.jit
     def shifted(words, SHIFT: tl.constexpr):
@@ -102,75 +125,79 @@ if triton is not None:
                 int8_gemv_rows(x_row, q_ptr, s_ptr, out_row, N, KW, stride_qn, magic, block, BLOCK_N, BLOCK_W)
 
     @triton.jit
-    def int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, N, KW, G, stride_xm, stride_qn, stride_sn, stride_om,
-                         magic, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
-        """One row of x against BLOCK_N rows of int4 words, BLOCK_G groups at a time: x_ptr (M, 8, KW) fp32
-        with x'[i, w] = x[8w + i] 2^8 for even i (low nibbles) and 2^4 for odd i, q_ptr (N, KW) int32, nibble
-        i of word w (column 8w + i) at bits 4i. Byte k is moved to bits 15-22, so its low nibble sits at
-        15-18 and its high one at 19-22; set in 1.0's mantissa (magic = 0x3F800000) they give f = 1 + q 2^-8
-        and 1 + q 2^-4, so f x' = x' + q x exactly, and a group's sum (q - z) s x = s (sum f x' - sum x' -
-        z sum x)."""
+    def bf16_lane(pair, HIGH: tl.constexpr):
+        """Lane HIGH of a bf16x2 word as fp32 (its bits are fp32's top half)."""
+        return (pair & -65536 if HIGH else pair << 16).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def int4_word_dots(words, x0, x1, x2, x3, zero_pair, ASM: tl.constexpr):
+        """sum over the 8 nibbles q_i of each word of (q_i - z) x_i, fp32: lane h of x_j (bf16x2) is the input
+        of nibble j + 4h. ASM: the packed bf16 PTX (PACKED_DOT); else the same sum in fp32 (the interpreter)."""
+        if ASM:
+            return tl.inline_asm_elementwise(PACKED_DOT, "=r,r,r,r,r,r,r", [words, x0, x1, x2, x3, zero_pair],
+                                             dtype=tl.float32, is_pure=True, pack=1)
+        else:
+            minus_z = bf16_lane(zero_pair, False) + 128.0                             # zero_pair lanes: -(128 + z)
+            out = tl.zeros_like(words).to(tl.float32)
+            for j in tl.static_range(4):
+                x = (x0, x1, x2, x3)[j]
+                out += (((words >> (4 * j)) & 0xF).to(tl.float32) + minus_z) * bf16_lane(x, False)
+                out += (((words >> (4 * j + 16)) & 0xF).to(tl.float32) + minus_z) * bf16_lane(x, True)
+            return out
+
+    @triton.jit
+    def int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, N, G, stride_xm, stride_qn, stride_sn, stride_om,
+                         GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, ASM: tl.constexpr):
+        """One row of x against BLOCK_N rows of int4 words in group-plane order (formats.group_plane_order),
+        BLOCK_G groups at a time: x_ptr (M, K/2) int32, bf16 pairs of x itself, q_ptr (N, K/8) int32,
+        s_ptr/z_ptr (N, G). Word w of group g, pair j (nibbles j and j + 4) meets x pair (4g + j) GW + w.
+        Each word's dot is 18 instructions for 8 weights (`PACKED_DOT`), then one FMA by its group's scale."""
         GW: tl.constexpr = GROUP // 8                                                 # words a group
         pid_n, m = tl.program_id(0), tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
+        rows = tl.minimum(rn, N - 1)                                                  # (BN,) in bounds
         rg = tl.arange(0, BLOCK_G)                                                    # (NG,)
         rw = tl.arange(0, GW)                                                         # (GW,)
-        rows = tl.minimum(rn, N - 1)                                                  # (BN,) in bounds
         acc = tl.zeros((BLOCK_N, BLOCK_G, GW), dtype=tl.float32)
         x_row = x_ptr + m * stride_xm
         for g0 in range(0, G, BLOCK_G):
-            word = (g0 + rg)[:, None] * GW + rw[None, :]                              # (NG, GW)
-            in_k = word < KW
-            words = tl.load(q_ptr + rows[:, None, None] * stride_qn + word[None, :, :], mask=in_k[None, :, :],
+            grp = g0 + rg                                                             # (NG,)
+            in_g = grp < G
+            word = grp[:, None] * GW + rw[None, :]                                    # (NG, GW)
+            words = tl.load(q_ptr + rows[:, None, None] * stride_qn + word[None], mask=in_g[None, :, None],
                             other=0)                                                  # (BN, NG, GW) int32
-            # rows and groups past the ends read the last ones (their words are masked, so x' is 0 against them)
-            group = rows[:, None] * stride_sn + tl.minimum(g0 + rg, G - 1)[None, :]  # (BN, NG)
+            group = rows[:, None] * stride_sn + tl.minimum(grp, G - 1)[None, :]      # (BN, NG)
             s = tl.load(s_ptr + group).to(tl.float32)
-            z = tl.load(z_ptr + group).to(tl.float32)
-            x_lo0 = activations(x_row, 0, KW, word, in_k)   # (NG, GW) x' of nibble 2k (lo) and 2k + 1 (hi)
-            x_hi0 = activations(x_row, 1, KW, word, in_k)
-            x_lo1 = activations(x_row, 2, KW, word, in_k)
-            x_hi1 = activations(x_row, 3, KW, word, in_k)
-            x_lo2 = activations(x_row, 4, KW, word, in_k)
-            x_hi2 = activations(x_row, 5, KW, word, in_k)
-            x_lo3 = activations(x_row, 6, KW, word, in_k)
-            x_hi3 = activations(x_row, 7, KW, word, in_k)
-            lo_sum = x_lo0 + x_lo1 + x_lo2 + x_lo3
-            hi_sum = x_hi0 + x_hi1 + x_hi2 + x_hi3
-            part = tl.broadcast_to(-(lo_sum + hi_sum)[None], (BLOCK_N, BLOCK_G, GW))   # - sum x' a word
-            for k in tl.static_range(4):                                              # byte k to bits 15-22
-                byte = shifted(words, 15 - 8 * k)
-                part += exponent_trick(byte, 0x78000, magic) * (x_lo0, x_lo1, x_lo2, x_lo3)[k][None]
-                part += exponent_trick(byte, 0x780000, magic) * (x_hi0, x_hi1, x_hi2, x_hi3)[k][None]
-            x_sum = lo_sum * (1.0 / 256) + hi_sum * (1.0 / 16)                          # (NG, GW) sum x a word
-            acc += s[:, :, None] * part
-            acc -= (s * z)[:, :, None] * x_sum[None]
+            z = tl.load(z_ptr + group).to(tl.int32) | 0xC300                          # bf16 -(128 + z)
+            zero_pair = (z | (z << 16))[:, :, None]                                   # (BN, NG, 1)
+            pair = x_row + (4 * grp[:, None] * GW + rw[None, :])[None]                # (1, NG, GW) pair 0
+            x_in = in_g[None, :, None]
+            x0 = tl.load(pair, mask=x_in, other=0)
+            x1 = tl.load(pair + GW, mask=x_in, other=0)
+            x2 = tl.load(pair + 2 * GW, mask=x_in, other=0)
+            x3 = tl.load(pair + 3 * GW, mask=x_in, other=0)
+            acc += s[:, :, None] * int4_word_dots(words, x0, x1, x2, x3, zero_pair, ASM)
         out = tl.sum(tl.sum(acc, axis=2), axis=1)                                     # (BN,)
         tl.store(out_ptr + m * stride_om + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
 
 
-MAGIC_ONE = 0x3F800000          # 1.0f
 MAGIC_INT8 = 0x3FC00000         # 1.0f with bit 22 set: XOR-ed in, it flips the sign bit of a byte at bits 15-22
 
 
 def gemv_configs(name: str, group: int) -> list:
     """Autotuning candidates for the gemv kernels: BLOCK_N rows a program (held in every thread, so each
-    loaded x is used BLOCK_N times) and one or two vectors of 4 words a thread and row in each iteration
-    (one for int8: at two, a 16-bit x is loaded 8 values a vector against the weights' 4 words, and the
-    layouts meet through shared memory); one stage, as nothing feeds tl.dot. For int8 also persistent
-    programs (PER_SM an SM) at the row blocks and warps where they measured best."""
-    out = []
-    for bn in (1, 2, 4, 8):
-        for warps in (2, 4, 8):
-            for reps in (1, 2) if bn < 8 and name == "int4" else (1,):               # 8 rows x 2 spill registers
-                words = 4 * 32 * warps * reps
-                tile = ({"BLOCK_W": words, "PER_SM": 0} if name == "int8"
-                        else {"BLOCK_G": max(1, words // (group // 8))})
-                out.append(triton.Config({"BLOCK_N": bn, **tile}, num_warps=warps, num_stages=1))
-    if name == "int8":
-        out += [triton.Config({"BLOCK_N": bn, "BLOCK_W": 128 * warps, "PER_SM": per_sm}, num_warps=warps,
-                              num_stages=1) for bn in (2, 4) for warps in (2, 4) for per_sm in (8, 16)]
-    return out
+    loaded x is used BLOCK_N times) and one vector of 4 words a thread and row in each iteration (int8: at
+    two, a 16-bit x is loaded 8 values a vector against the weights' 4 words, and the layouts meet through
+    shared memory; int4 also two, its x loads being 32-bit pairs); one stage, as nothing feeds tl.dot.
+    For int8 also persistent programs (PER_SM an SM) at the row blocks and warps where they measured best."""
+    if name == "int4":
+        return [triton.Config({"BLOCK_N": bn, "BLOCK_G": max(1, 128 * warps * reps // (group // 8)), "ASM": True},
+                              num_warps=warps, num_stages=1)
+                for bn in (1, 2, 4) for warps in (2, 4, 8) for reps in (1, 2)]
+    return ([triton.Config({"BLOCK_N": bn, "BLOCK_W": 128 * warps, "PER_SM": 0}, num_warps=warps, num_stages=1)
+             for bn in (1, 2, 4, 8) for warps in (2, 4, 8)]
+            + [triton.Config({"BLOCK_N": bn, "BLOCK_W": 128 * warps, "PER_SM": per_sm}, num_warps=warps, num_stages=1)
+               for bn in (2, 4) for warps in (2, 4) for per_sm in (8, 16)])
 
 
 TUNED: dict[tuple, object] = {}
@@ -189,8 +216,9 @@ def gemv_kernel(name: str, group: int = 0):
     autotuned kernel on a GPU."""
     kernel = int8_gemv_kernel if name == "int8" else int4_gemv_kernel
     if INTERPRET:
-        return kernel, {"BLOCK_N": 2, "BLOCK_W": 16, "PER_SM": 0} if name == "int8" else {"BLOCK_N": 2, "BLOCK_G": 2}
-    return autotuned((name, True, 1, group), kernel, gemv_configs(name, group), ["N", "KW"]), {}
+        return kernel, ({"BLOCK_N": 2, "BLOCK_W": 16, "PER_SM": 0} if name == "int8"
+                        else {"BLOCK_N": 2, "BLOCK_G": 2, "ASM": False})
+    return autotuned((name, True, 1, group), kernel, gemv_configs(name, group), ["N", "KW" if name == "int8" else "G"]), {}
 
 
 def as_words(q: torch.Tensor) -> torch.Tensor | None:
@@ -207,12 +235,10 @@ def int8_gemv_planes(x: torch.Tensor) -> torch.Tensor:
     return natural_order(x).view(M, 4, K // 4)
 
 
-def int4_gemv_activations(x: torch.Tensor) -> torch.Tensor:
-    """x (M, K) -> x' (M, 8, K/8) fp32, x'[m, i, w] = x[m, 8w + i] * 2^8 (i even) or 2^4 (i odd) (int4_gemv_kernel)."""
-    M, K = x.shape
-    pairs = x.float().view(M, K // 8, 4, 2)
-    scaled = torch.stack((pairs[..., 0] * 256, pairs[..., 1] * 16), dim=-1)                  # (M, K/8, 4, 2)
-    return scaled.view(M, K // 8, 8).transpose(1, 2).contiguous()
+def int4_gemv_pairs(x: torch.Tensor, group: int) -> torch.Tensor:
+    """x (M, K) bf16 -> (M, K/2) int32, the bf16 pairs the int4 gemv reads against a weight in natural order:
+    x laid out so that its group-plane positions (formats.group_plane_order) hold the natural columns."""
+    return group_natural_order(x, group).contiguous().view(torch.int32)
 
 
 def gemv_grid(N: int, M: int, device: torch.device):
@@ -242,16 +268,16 @@ def int8_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, dtype:
     return out
 
 
-def int4_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+def int4_gemv(pairs: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
               dtype: torch.dtype) -> torch.Tensor:
-    """x' (M, 8, KW) from int4_gemv_activations, int4 weight words (N, KW) int32, scale/zero (N, G) -> (M, N)."""
-    M, N, KW = xw.shape[0], words.shape[0], words.shape[1]
-    group = launch_group(group_size)
-    out = torch.empty(M, N, dtype=dtype, device=xw.device)
-    kernel, fixed = gemv_kernel("int4", group)
-    launcher(kernel)[gemv_grid(N, M, xw.device)](xw, words, scale, zero, out, N, KW, scale.shape[1], xw.stride(0),
-                                                 words.stride(0), scale.stride(0), out.stride(0), MAGIC_ONE,
-                                                 GROUP=group, **fixed)
+    """bf16 pairs of x (M, K/2) int32 (x itself for a group-plane weight, else int4_gemv_pairs), int4 words
+    (N, K/8) int32 in group-plane order, scale/zero (N, G), whole groups -> (M, N) in dtype."""
+    M, N = pairs.shape[0], words.shape[0]
+    out = torch.empty(M, N, dtype=dtype, device=pairs.device)
+    kernel, fixed = gemv_kernel("int4", group_size)
+    launcher(kernel)[gemv_grid(N, M, pairs.device)](pairs, words, scale, zero, out, N, scale.shape[1], pairs.stride(0),
+                                                    words.stride(0), scale.stride(0), out.stride(0), GROUP=group_size,
+                                                    **fixed)
     return out
 
 

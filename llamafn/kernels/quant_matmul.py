@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from ..quant.formats import plane_order
+from ..quant.formats import group_plane_order, plane_order
 from . import quant_gemv
-from .quant_gemv import (as_words, int4_gemv, int4_gemv_activations, int8_gemv, int8_gemv_planes, launch_group,
-                         uses_gemv)
+from .quant_gemv import as_words, int4_gemv, int4_gemv_pairs, int8_gemv, int8_gemv_planes, launch_group, uses_gemv
 from .runtime import INTERPRET, launcher, triton
 
 if triton is not None:
@@ -131,14 +130,18 @@ def int8_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, pl
 
 
 def int4_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
-                       use_dot: bool | None = None) -> torch.Tensor:
-    """x (M, K) float, q (N, K/2) uint8, scale/zero (N, G) -> (M, N) in x's dtype (paths as for int8; the
-    words need K a multiple of 8)."""
+                       planar: bool = False, use_dot: bool | None = None) -> torch.Tensor:
+    """x (M, K) float, q (N, K/2) uint8 (nibbles in group-plane order if `planar`), scale/zero (N, G) -> (M, N)
+    in x's dtype. The gemv (paths as for int8) needs bf16 x, whole groups and K a multiple of 8; else, and
+    for more rows, the dot kernel, which takes x in a planar weight's order (`formats.group_plane_order`)."""
     M, K = x.shape
     N, G = scale.shape
     words = as_words(q)
-    if uses_gemv(M, words, use_dot):
-        return int4_gemv(int4_gemv_activations(x), words, scale, zero, group_size, x.dtype)
+    if uses_gemv(M, words, use_dot) and x.dtype == torch.bfloat16 and K % group_size == 0:
+        pairs = x.contiguous().view(torch.int32) if planar else int4_gemv_pairs(x, group_size)
+        return int4_gemv(pairs, words, scale, zero, group_size, x.dtype)
+    if planar:
+        x = group_plane_order(x, group_size)
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     group = launch_group(group_size)
     kernel, fixed = dot_kernel("int4", M, group)
@@ -156,6 +159,7 @@ if triton is not None:
 
     @torch.library.triton_op("llamafn::int4_matmul", mutates_args=())
     def int4_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-                    group_size: int) -> torch.Tensor:
-        """x (M, K) @ dequantised int4 weight (N, K)^T -> (M, N), on the GPU."""
-        return int4_matmul_launch(x, q, scale, zero, group_size)
+                    group_size: int, planar: bool = False) -> torch.Tensor:
+        """x (M, K) @ dequantised int4 weight (N, K)^T -> (M, N), on the GPU; `planar`: q's nibbles are in
+        the gemv's group-plane order (Int4GemvWeight)."""
+        return int4_matmul_launch(x, q, scale, zero, group_size, planar)

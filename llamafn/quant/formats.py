@@ -11,6 +11,8 @@ the params dict where a (out_features, in_features) matrix sat.
   are not laid out by output channel (so it holds matrices, never the embedding table).
 - `Int8GemvWeight`: an Int8Weight with each row's columns in the int8 GEMV's plane order
   (llamafn.quant.planar); a run-time layout that is never saved, for matrices only.
+- `Int4GemvWeight`: an Int4Weight (whole groups) with each group's nibbles in the int4 GEMV's group-plane
+  order (llamafn.quant.planar); a run-time layout that is never saved, for matrices only.
 
 Every field has the output channels on dim 0, so row gathers (embedding lookups) and row concatenation
 (`params.fuse`) act field by field. The group size is not stored: it is the power of two for which
@@ -46,6 +48,12 @@ class Int8Weight(NamedTuple):
     shape = Q_SHAPE
 
 
+# An int4 weight's shape (two values a byte) and group size (stored as the number of groups).
+NIBBLE_SHAPE = property(lambda w: torch.Size((w.q.shape[0], 2 * w.q.shape[1])))
+GROUP_SIZE = property(lambda w: w.shape[1] if w.scale.shape[1] == 1
+                      else 1 << (-(-w.shape[1] // w.scale.shape[1]) - 1).bit_length())
+
+
 class Int4Weight(NamedTuple):
     q: torch.Tensor        # (N, K/2) uint8, two 4-bit values a byte
     scale: torch.Tensor    # (N, G) float, G = ceil(K / group_size)
@@ -53,15 +61,8 @@ class Int4Weight(NamedTuple):
 
     dtype = SCALE_DTYPE
     device = DEVICE
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((self.q.shape[0], 2 * self.q.shape[1]))
-
-    @property
-    def group_size(self) -> int:
-        K, G = self.shape[1], self.scale.shape[1]
-        return K if G == 1 else 1 << (-(-K // G) - 1).bit_length()
+    shape = NIBBLE_SHAPE
+    group_size = GROUP_SIZE
 
 
 class Int4TinyGemmWeight(NamedTuple):
@@ -95,7 +96,20 @@ class Int8GemvWeight(NamedTuple):
     shape = Q_SHAPE
 
 
-QuantWeight = Int8Weight | Int4Weight | Int4TinyGemmWeight | Int8GemvWeight
+class Int4GemvWeight(NamedTuple):
+    """An Int4Weight (K a multiple of the group) whose nibbles are stored in group-plane order
+    (`group_plane_order`, llamafn.quant.planar); a run-time layout, never saved."""
+    q: torch.Tensor        # (N, K/2) uint8, group-plane nibbles
+    scale: torch.Tensor    # (N, G) float
+    zero: torch.Tensor     # (N, G) uint8 in [0, 15]
+
+    dtype = SCALE_DTYPE
+    device = DEVICE
+    shape = NIBBLE_SHAPE
+    group_size = GROUP_SIZE
+
+
+QuantWeight = Int8Weight | Int4Weight | Int4TinyGemmWeight | Int8GemvWeight | Int4GemvWeight
 
 
 def is_quantized(w: object) -> bool:
@@ -161,6 +175,21 @@ def natural_order(t: torch.Tensor) -> torch.Tensor:
     return t.view(R, K // 4, 4).transpose(1, 2).reshape(R, K)                  # (R, 4, K/4) read row by row
 
 
+def group_plane_order(t: torch.Tensor, group: int) -> torch.Tensor:
+    """(R, K) -> (R, K), K a multiple of `group`: the int4 GEMV's group-plane order. Within each group, split
+    into 4 planes of group/4 columns, position 8w + 4h + j holds column j group/4 + 2w + h of the group, so
+    that nibbles j and j + 4 of word w (two 16-bit lanes of the word, llamafn.kernels.quant_gemv) meet the
+    bf16 pair w of plane j: one 32-bit load of x itself."""
+    R, K = t.shape
+    return t.view(R, K // group, 4, group // 8, 2).permute(0, 1, 3, 4, 2).reshape(R, K)   # (R, G, w, h, j)
+
+
+def group_natural_order(t: torch.Tensor, group: int) -> torch.Tensor:
+    """The inverse of group_plane_order."""
+    R, K = t.shape
+    return t.view(R, K // group, group // 8, 2, 4).permute(0, 1, 4, 2, 3).reshape(R, K)   # (R, G, j, w, h)
+
+
 def dequantize(w: QuantWeight, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The float matrix (N, K) a quantised weight stands for, in `dtype` (default: the scale's)."""
     dtype = dtype or w.dtype
@@ -170,6 +199,8 @@ def dequantize(w: QuantWeight, dtype: torch.dtype | None = None) -> torch.Tensor
         return tinygemm_matmul(eye, w).T.to(dtype)                           # I (K, K) @ w^T -> (K, N)
     if isinstance(w, Int8GemvWeight):
         w = Int8Weight(natural_order(w.q), w.scale)
+    if isinstance(w, Int4GemvWeight):
+        w = Int4Weight(pack_int4(group_natural_order(unpack_int4(w.q), w.group_size)), w.scale, w.zero)
     if isinstance(w, Int8Weight):
         return (w.q.float() * w.scale.float()[..., None]).to(dtype)
     N, K = w.shape
@@ -193,7 +224,7 @@ def check_weight(w: QuantWeight, key: str) -> None:
     q, scale = tuple(w.q.shape), tuple(w.scale.shape)
     if len(q) != 2 or scale[:1] != q[:1]:
         raise InputError(f"{key}: quantized weight fields do not fit: q {q}, scale {scale}")
-    if isinstance(w, Int4Weight):
+    if isinstance(w, (Int4Weight, Int4GemvWeight)):
         zero, K = tuple(w.zero.shape), 2 * q[1]
         if (len(scale) != 2 or zero != scale or not 1 <= scale[1] <= K or -(-K // w.group_size) != scale[1]
                 or (scale[1] > 1 and w.group_size not in GROUP_SIZES)):

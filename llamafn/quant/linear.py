@@ -5,8 +5,8 @@ weight's type, so every layer works unchanged on float and on quantised params.
 - `Int8Weight` / `Int4Weight` on a GPU, with at most `KERNEL_MAX_ROWS` rows of activations (decode):
   the fused dequantise-matmul Triton kernels (llamafn.kernels.quant_matmul), which read each weight
   byte once;
-- `Int8GemvWeight` (llamafn.quant.planar): the int8 kernels on the stored plane order, under the same
-  conditions as Int8Weight;
+- `Int8GemvWeight` / `Int4GemvWeight` (llamafn.quant.planar): the same kernels on the stored plane
+  orders, under the same conditions;
 - `Int4TinyGemmWeight` (llamafn.quant.tinygemm, batch-1 decode on a GPU): PyTorch's tinygemm kernel, at
   any row count;
 - otherwise (the CPU, or prefill's many rows, where the product is compute-bound and one dequantise
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..kernels import quant_matmul  # noqa: F401  (registers the custom ops)
 from ..kernels.runtime import triton
-from .formats import Int4TinyGemmWeight, Int4Weight, Int8GemvWeight, Int8Weight, QuantWeight, dequantize
+from .formats import Int4GemvWeight, Int4TinyGemmWeight, Int4Weight, Int8GemvWeight, Int8Weight, QuantWeight, dequantize
 from .tinygemm import tinygemm_matmul
 
 KERNEL_MAX_ROWS = 64
@@ -37,7 +37,8 @@ def linear(x: torch.Tensor, w: torch.Tensor | QuantWeight) -> torch.Tensor:
         if isinstance(w, (Int8Weight, Int8GemvWeight)):
             out = torch.ops.llamafn.int8_matmul(rows.contiguous(), w.q, w.scale, isinstance(w, Int8GemvWeight))
         else:
-            out = torch.ops.llamafn.int4_matmul(rows.contiguous(), w.q, w.scale, w.zero, w.group_size)
+            out = torch.ops.llamafn.int4_matmul(rows.contiguous(), w.q, w.scale, w.zero, w.group_size,
+                                                isinstance(w, Int4GemvWeight))
     else:
         out = F.linear(rows, dequantize(w, x.dtype))
     return out.view(*x.shape[:-1], out.shape[-1])                              # (..., N)

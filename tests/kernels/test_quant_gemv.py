@@ -1,6 +1,7 @@
 """The batch-1 GEMV kernels (llamafn.kernels.quant_gemv) against x @ dequantize(w)^T, in Triton's
 interpreter on the CPU and natively on a GPU: the activations' layouts, codes at the ends of their
-ranges, every autotuning config, the persistent programs' loop and grid."""
+ranges, every autotuning config, the persistent programs' loop and grid. The int4 kernel's packed bf16
+PTX runs only on a GPU; in the interpreter its fp32 twin (ASM=False) checks the layouts and tiles."""
 
 import pytest
 import torch
@@ -8,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llamafn.kernels import quant_gemv, quant_matmul
-from llamafn.quant.formats import (GROUP_SIZES, Int4Weight, Int8Weight, pack_int4, plane_order, quantize_int4,
-                                   quantize_int8)
+from llamafn.quant.formats import (GROUP_SIZES, Int4Weight, Int8Weight, group_plane_order, pack_int4, plane_order,
+                                   quantize_int4, quantize_int8)
+from llamafn.quant.planar import to_planar
 from tests.kernels.quant_reference import DEVICE, check, inputs
 from tests.strategies import seeds
 
@@ -20,41 +22,59 @@ EVERY_GEMV_CONFIG = quant_gemv.gemv_configs                  # before quant_kern
 
 @given(seeds(), st.integers(1, 24).map(lambda h: 8 * h), st.sampled_from(GROUP_SIZES))
 def test_gemv_activations_are_laid_out_by_word(seed, k, group):
-    """x'[i, w] is x[8w + i] times the power of two the exponent trick needs (int4), the int8 planes are
-    x[4w + j] in x's dtype, `plane_order` is their inverse, and the gemv path runs where the words fit."""
+    """The int8 planes are x[4w + j] in x's dtype and `plane_order` is their inverse; the int4 pairs put x's
+    columns where a weight in group-plane order has them; the gemv path runs where the words fit."""
     x, w = inputs(seed, 2, 3, k, torch.float32)
-    x4, x8 = quant_gemv.int4_gemv_activations(x), quant_gemv.int8_gemv_planes(x)
-    assert x4.shape == (2, 8, k // 8) and x8.shape == (2, 4, k // 4) and x8.dtype == x.dtype
-    powers = torch.tensor([256.0, 16.0] * 4, device=DEVICE)
-    torch.testing.assert_close(x4.transpose(1, 2).reshape(2, k) / powers.repeat(k // 8), x, rtol=0, atol=0)
+    x8 = quant_gemv.int8_gemv_planes(x)
+    assert x8.shape == (2, 4, k // 4) and x8.dtype == x.dtype
     torch.testing.assert_close(x8.transpose(1, 2).reshape(2, k), x, rtol=0, atol=0)
     torch.testing.assert_close(plane_order(x8.reshape(2, k)), x, rtol=0, atol=0)
+    if k % group == 0:
+        xb = x.bfloat16()
+        pairs = quant_gemv.int4_gemv_pairs(xb, group)
+        assert pairs.shape == (2, k // 2) and pairs.dtype == torch.int32
+        torch.testing.assert_close(group_plane_order(pairs.view(torch.bfloat16), group), xb, rtol=0, atol=0)
     assert quant_gemv.as_words(quantize_int4(w, group).q) is not None
     assert quant_gemv.as_words(quantize_int4(w, group).q[:, 1:]) is None          # misaligned rows
 
 
-@given(seeds(), st.integers(1, 40), st.integers(1, 40).map(lambda h: 8 * h), st.sampled_from(GROUP_SIZES))
-def test_gemv_extreme_values(seed, n, k, group):
-    """Codes drawn over their whole ranges, ends included (int8 -127 and 127, nibbles and zero points 0 and
-    15), against the reference: the exponent trick must hold at the ends of the ranges."""
+def int4_codes(g: torch.Generator, n: int, k: int, group: int) -> Int4Weight:
+    """Nibbles over their whole range, zero points at the ends (0 and 15), scales in [0.1, 1.1)."""
+    G = -(-k // group)
+    return Int4Weight(pack_int4(torch.randint(0, 16, (n, k), generator=g)), torch.rand(n, G, generator=g) + 0.1,
+                      (torch.randint(0, 2, (n, G), generator=g) * 15).to(torch.uint8))
+
+
+@given(seeds(), st.integers(1, 40), st.integers(1, 40).map(lambda h: 8 * h))
+def test_gemv_extreme_values(seed, n, k):
+    """int8 codes drawn over their whole range, -127 and 127 included, against the reference: the exponent
+    trick must hold at the ends of the range (int4's ends: test_int4_gemv)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, k, generator=g).to(DEVICE)
-    G = -(-k // group)
     q8 = Int8Weight(torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8),
                     torch.rand(n, generator=g) + 0.1)
-    q4 = Int4Weight(pack_int4(torch.randint(0, 16, (n, k), generator=g)), torch.rand(n, G, generator=g) + 0.1,
-                    (torch.randint(0, 2, (n, G), generator=g) * 15).to(torch.uint8))
-    q8, q4 = (type(q)(*(f.to(DEVICE) for f in q)) for q in (q8, q4))
+    q8 = Int8Weight(*(f.to(DEVICE) for f in q8))
     check(quant_matmul.int8_matmul_launch(x, q8.q, q8.scale, use_dot=False), x, q8)
-    check(quant_matmul.int4_matmul_launch(x, q4.q, q4.scale, q4.zero, q4.group_size, use_dot=False), x, q4)
+
+
+@given(seeds(), st.integers(1, 40), st.integers(1, 6), st.sampled_from(GROUP_SIZES), st.booleans())
+def test_int4_gemv(seed, n, groups, group, planar):
+    """bf16 x (the gemv's dtype; no tl.dot, so the interpreter runs it) against codes over their whole
+    range, on a natural weight (x permuted to pairs) and on one in group-plane order (x as it is)."""
+    g = torch.Generator().manual_seed(seed)
+    k = groups * group
+    x = (torch.randn(1, k, generator=g) * 4).to(DEVICE, torch.bfloat16)
+    q = Int4Weight(*(f.to(DEVICE) for f in int4_codes(g, n, k, group)))
+    w = to_planar(q) if planar else q
+    check(quant_matmul.int4_matmul_launch(x, w.q, w.scale, w.zero, group, planar=planar, use_dot=False), x, q)
 
 
 @pytest.mark.parametrize("name", ["int8", "int4"])
 def test_every_gemv_config(name):
     """Every autotuning candidate of the gemv kernels, launched directly, on rows and words off its tile
     (the tuner may pick any of them on a GPU)."""
-    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
-    x, w = inputs(0, 1, 13, 1000, dtype)
+    dtype = torch.bfloat16 if DEVICE == "cuda" or name == "int4" else torch.float32
+    x, w = inputs(0, 1, 13, 1000 if name == "int8" else 1024, dtype)
     q = quantize_int8(w) if name == "int8" else quantize_int4(w, 128)
     words = quant_gemv.as_words(q.q)
     N, KW = words.shape
@@ -67,10 +87,10 @@ def test_every_gemv_config(name):
                 xw, words, q.scale, out, N, KW, xw.stride(0), words.stride(0), out.stride(0), quant_gemv.MAGIC_INT8,
                 **launch)
         else:
-            xw = quant_gemv.int4_gemv_activations(x)
+            pairs = quant_gemv.int4_gemv_pairs(x, 128)
             quant_gemv.int4_gemv_kernel[quant_gemv.gemv_grid(N, 1, x.device)](
-                xw, words, q.scale, q.zero, out, N, KW, q.scale.shape[1], xw.stride(0), words.stride(0),
-                q.scale.stride(0), out.stride(0), quant_gemv.MAGIC_ONE, GROUP=128, **launch)
+                pairs, words, q.scale, q.zero, out, N, q.scale.shape[1], pairs.stride(0), words.stride(0),
+                q.scale.stride(0), out.stride(0), GROUP=128, **dict(launch, ASM=DEVICE == "cuda"))
         check(out, x, q)
 
 

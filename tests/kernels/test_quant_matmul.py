@@ -54,12 +54,23 @@ def test_int4_kernel(seed, path, n, k, group, dtype):
     check(quant_matmul.int4_matmul_launch(x, q.q, q.scale, q.zero, q.group_size, use_dot=use_dot), x, q)
 
 
+@given(seeds(), paths(), st.integers(1, 40), st.integers(1, 4), st.sampled_from(GROUP_SIZES), st.sampled_from(DTYPES))
+def test_int4_kernel_on_a_planar_weight(seed, path, n, groups, group, dtype):
+    """A weight in the gemv's group-plane order (Int4GemvWeight) gives the natural weight's product on both
+    paths: the gemv (bf16 x) reads x as it is, the dot kernel (and other dtypes) x permuted to the stored order."""
+    use_dot, m = path
+    x, w = inputs(seed, m, n, groups * group, dtype)
+    q = quantize_int4(w, group)
+    p = to_planar(q)
+    check(quant_matmul.int4_matmul_launch(x, p.q, p.scale, p.zero, group, planar=True, use_dot=use_dot), x, q)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="the custom ops run their kernels on a GPU; the CPU uses dequantize + matmul")
 def test_custom_ops_compile_fullgraph():
     from llamafn.quant import linear
 
     x, w = inputs(0, 1, 256, 512, torch.bfloat16)
-    for q in (quantize_int8(w), to_planar(quantize_int8(w)), quantize_int4(w, 64)):
+    for q in (quantize_int8(w), to_planar(quantize_int8(w)), quantize_int4(w, 64), to_planar(quantize_int4(w, 64))):
         compiled = torch.compile(linear, fullgraph=True)
         torch.testing.assert_close(compiled(x, q), linear(x, q))
         check(linear(x, q), x, q)

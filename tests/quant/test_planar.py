@@ -1,6 +1,6 @@
-"""int8 weights in the GEMV's plane order (llamafn.quant.planar) against the Int8Weight they came from:
-the same matrix exactly, the same products through `linear` (the kernels on a GPU, dequantize + matmul
-on the CPU) and the same forward; never saved."""
+"""int8 and int4 weights in their GEMV's plane orders (llamafn.quant.planar) against the weights they came
+from: the same matrix exactly, the same products through `linear` (the kernels on a GPU, dequantize +
+matmul on the CPU) and the same forward; never saved."""
 
 import pytest
 import torch
@@ -9,9 +9,11 @@ from hypothesis import strategies as st
 
 import llamafn as lf
 from llamafn.errors import InputError
-from llamafn.quant import Int8GemvWeight, Int8Weight, dequantize, for_gemv, linear, quantize, scheme_of, to_tensors
-from llamafn.quant.formats import quantize_int8
+from llamafn.quant import (Int4GemvWeight, Int4Weight, Int8GemvWeight, Int8Weight, dequantize, for_gemv, linear,
+                           quantize, scheme_of, to_tensors)
+from llamafn.quant.formats import GROUP_SIZES, group_natural_order, quantize_int4, quantize_int8, unpack_int4
 from llamafn.quant.planar import fits, to_planar
+from tests.kernels.quant_reference import check
 from tests.strategies import seeds
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -36,6 +38,24 @@ def test_the_planar_layout_is_the_same_matrix(seed, n, k, m):
     torch.testing.assert_close(out.float(), reference, atol=1e-2 * reference.abs().max().item(), rtol=0)
 
 
+@given(seeds(), st.integers(1, 40), st.integers(1, 4), st.sampled_from(GROUP_SIZES), st.integers(1, 5))
+def test_the_int4_group_plane_layout_is_the_same_matrix(seed, n, groups, group, m):
+    """Position 8w + 4h + j of a group holds its column j group/4 + 2w + h (nibbles j and j + 4 of word w
+    against the bf16 pair w of plane j), with scales and zero points unchanged."""
+    k = groups * group
+    q = quantize_int4(torch.randn(n, k, generator=torch.Generator().manual_seed(seed)).to(DEVICE, torch.bfloat16),
+                      group)
+    p = to_planar(q)
+    assert isinstance(p, Int4GemvWeight) and p.shape == q.shape and p.group_size == group
+    stored, codes = unpack_int4(p.q).view(n, groups, group), unpack_int4(q.q).view(n, groups, group)
+    w, h, j = torch.meshgrid(torch.arange(group // 8), torch.arange(2), torch.arange(4), indexing="ij")
+    assert torch.equal(stored[:, :, (8 * w + 4 * h + j).flatten()], codes[:, :, (j * group // 4 + 2 * w + h).flatten()])
+    assert torch.equal(group_natural_order(unpack_int4(p.q), group), unpack_int4(q.q))
+    torch.testing.assert_close(dequantize(p, torch.float32), dequantize(q, torch.float32), rtol=0, atol=0)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)).to(DEVICE, torch.bfloat16)
+    check(linear(x, p), x, q)
+
+
 def test_weights_that_do_not_fit_and_the_embedding_table_stay_natural():
     params = {"a": weight(0, 16, 128), "b": weight(1, 8, 6), "tok_embeddings.weight": weight(2, 16, 128),
               "norm.weight": torch.ones(8)}
@@ -47,15 +67,23 @@ def test_weights_that_do_not_fit_and_the_embedding_table_stay_natural():
         to_planar(params["b"])
     with pytest.raises(InputError, match=r"a is in a run-time layout \(Int8GemvWeight\)"):
         to_tensors(out)
+    int4 = {"whole": quantize_int4(torch.randn(8, 256), 128), "partial": quantize_int4(torch.randn(8, 200), 128)}
+    out = for_gemv(int4)
+    assert isinstance(out["whole"], Int4GemvWeight) and out["partial"] is int4["partial"]
+    with pytest.raises(InputError, match=r"\(8, 200\) does not fit the GEMV's planes \(whole groups of 128\)"):
+        to_planar(int4["partial"])
+    with pytest.raises(InputError, match=r"whole is in a run-time layout \(Int4GemvWeight\)"):
+        to_tensors(out)
 
 
-def test_a_forward_in_planar_layout_equals_int8(small_fused_model):
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_a_forward_in_planar_layout_equals_the_natural_one(small_fused_model, scheme):
     params, cfg, tokens = small_fused_model
-    int8 = quantize(params, "int8", output=True)
-    planar = for_gemv(int8)
-    assert all(isinstance(planar[k], Int8GemvWeight) for k, v in int8.items()
-               if isinstance(v, Int8Weight) and k != "tok_embeddings.weight")
-    expected, _ = lf.forward(int8, tokens, cfg=cfg)
+    quantized = quantize(params, scheme, output=True, group_size=32)
+    planar = for_gemv(quantized)
+    assert all(isinstance(planar[k], (Int8GemvWeight, Int4GemvWeight)) for k, v in quantized.items()
+               if isinstance(v, (Int8Weight, Int4Weight)) and k != "tok_embeddings.weight")
+    expected, _ = lf.forward(quantized, tokens, cfg=cfg)
     got, _ = lf.forward(planar, tokens, cfg=cfg)
     torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)
     one, _ = lf.forward(planar, tokens[:1, :1], cfg=cfg)                            # one row: the gemv on a GPU

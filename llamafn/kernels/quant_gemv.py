@@ -19,7 +19,7 @@ are stored in that order (`Int8GemvWeight`, llamafn.quant.planar), else a transp
 
 int4: packed bf16 arithmetic in inline PTX (`PACKED_DOT`): a LOP3 turns two nibbles into two bf16 lanes
 128 + q, an FMA subtracts 128 + z, and FMAs against pairs of bf16 inputs sum the products, 18
-instructions for a word's 8 weights, 4.0 a weight at one row a program in the SASS. The exponent-trick
+instructions for a word's 8 weights, 3.6-3.7 a weight at one row a program in the SASS. The exponent-trick
 int4 kernel it replaced (fp32 x pre-scaled by 2^8 / 2^4 in a layout of its own) took 6.2 and ran the 7B
 shapes at 37-50% of the copy rate on an H100, slower than PyTorch's tinygemm; the packed kernel, on
 the same card, ran them faster than tinygemm (numbers in llamafn.quant.planar). Its inputs are x's

@@ -37,12 +37,12 @@ def parse_scheme(name: str) -> tuple[str, int]:
     return scheme, int(group or 0)
 
 
-def decode_params(params, name: str):
-    """The fused bf16 params quantised as the decode scheme `name` says."""
+def decode_params(params, name: str, head: bool = False):
+    """The fused bf16 params quantised as the decode scheme `name` says (the output head too if `head`)."""
     scheme, group = parse_scheme(name)
     if scheme == "bf16":
         return params
-    p = quantize(params, scheme, group_size=group or 128)
+    p = quantize(params, scheme, group_size=group or 128, output=head)
     layouts = {"": lambda p: p, "tinygemm": tinygemm.for_tinygemm, "gemv": planar.for_gemv}
     return layouts[name.partition("+")[2]](p)
 
@@ -145,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="llama-2-7b")
     ap.add_argument("--schemes", default="bf16,int8,int4-g128,int4-g32")
     ap.add_argument("--decode-schemes", help="schemes for the decode part (default: --schemes); an int4 scheme "
-                    "ending in +tinygemm runs in tinygemm's layout (llamafn.quant.tinygemm), an int8 one ending "
-                    "in +gemv in the GEMV's plane order (llamafn.quant.planar)")
+                    "ending in +tinygemm runs in tinygemm's layout (llamafn.quant.tinygemm), an int8 or int4 one "
+                    "ending in +gemv in the GEMVs' plane orders (llamafn.quant.planar)")
+    ap.add_argument("--quantize-head", action="store_true", help="decode with the output head quantised too "
+                    "(the library keeps it in bf16 by default; gpt-fast's int8 and int4 quantise it)")
     ap.add_argument("--batch-sizes", default="1")
     ap.add_argument("--kernel-rows", default="1,8,32,512", help="row counts M for the kernel table")
     ap.add_argument("--new-tokens", type=int, default=200)
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
     if "decode" in parts:
         for s in (args.decode_schemes or args.schemes).split(","):
-            p = decode_params(params, s)
+            p = decode_params(params, s, args.quantize_head)
             for batch in map(int, args.batch_sizes.split(",")):
                 try:
                     r = compiled_decode(p, cfg, batch, 5, args.new_tokens, args.attention, results["ceilings"])
@@ -187,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                         r["profile"] = profile_step(p, cfg, args.attention)
                 except Exception as e:                                   # keep the run going: one row says what failed
                     r = {"batch": batch, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-                r.update(weights=s, weight_GB=round(nbytes(p) / 1e9, 3))
+                r.update(weights=s, head_quantized=args.quantize_head and s != "bf16",
+                         weight_GB=round(nbytes(p) / 1e9, 3))
                 results["decode"].append(r)
                 results["tuned_configs"] = quant_matmul.tuned_configs()
                 log(r)

@@ -87,5 +87,7 @@ def test_a_forward_in_planar_layout_equals_the_natural_one(small_fused_model, sc
     got, _ = lf.forward(planar, tokens, cfg=cfg)
     torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)
     one, _ = lf.forward(planar, tokens[:1, :1], cfg=cfg)                            # one row: the gemv on a GPU
-    expected_one, _ = lf.forward(quantized, tokens[:1, :1], cfg=cfg)                # the same gemv, x laid out for it
-    torch.testing.assert_close(one, expected_one, atol=2e-2, rtol=2e-2)
+    # on a GPU the int4 gemv rounds products and 4-term sums to bf16 within each word, and the two layouts
+    # put different columns in a word (on the CPU both dequantise)
+    tol = 2e-2 if scheme == "int8" else 5e-2
+    torch.testing.assert_close(one, expected[:1, :1], atol=tol, rtol=tol)

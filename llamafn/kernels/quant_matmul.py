@@ -99,7 +99,8 @@ def dot_kernel(name: str, M: int, group: int = 0):
 
 
 def tuned_configs() -> dict[str, str]:
-    """The config the autotuner chose for each kernel and shape key so far (for benchmark records)."""
+    """The config the autotuner chose for each kernel and shape key so far (for benchmark records): the eager
+    launches' tuner; inside a compiled step inductor benchmarks the same configs itself, unrecorded here."""
     return {f"{name} {'gemv' if gemv else 'dot'} M<={m_class} group={group} (N, K)={key[:2]}": str(config)
             for (name, gemv, m_class, group), tuner in quant_gemv.TUNED.items() for key, config in tuner.cache.items()}
 

@@ -218,7 +218,8 @@ def gemv_kernel(name: str, group: int = 0):
     if INTERPRET:
         return kernel, ({"BLOCK_N": 2, "BLOCK_W": 16, "PER_SM": 0} if name == "int8"
                         else {"BLOCK_N": 2, "BLOCK_G": 2, "ASM": False})
-    return autotuned((name, True, 1, group), kernel, gemv_configs(name, group), ["N", "KW" if name == "int8" else "G"]), {}
+    keys = ["N", "KW" if name == "int8" else "G"]
+    return autotuned((name, True, 1, group), kernel, gemv_configs(name, group), keys), {}
 
 
 def as_words(q: torch.Tensor) -> torch.Tensor | None:

@@ -70,9 +70,9 @@ if triton is not None:
     @triton.jit
     def exponent_trick(bits, MASK: tl.constexpr, magic):
         """fp32 with the bits of `bits` under MASK (within the mantissa) placed into 1.0: 1 + bits * 2^-23,
-        XOR-ed with `magic` (1.0's pattern, 0x3F800000, or that with the top masked bit set to flip a sign
-        bit). `magic` is a kernel argument so that the one AND-XOR instruction reads it from the constant
-        bank instead of a register rebuilt before every use."""
+        XOR-ed with `magic` (MAGIC_INT8: 1.0's pattern with the top masked bit set, which flips the byte's
+        sign bit). `magic` is a kernel argument so that the one AND-XOR instruction reads it from the
+        constant bank instead of a register rebuilt before every use."""
         return ((bits & MASK) ^ magic).to(tl.float32, bitcast=True)
 
     @triton.jit
@@ -280,6 +280,12 @@ def int4_gemv(pairs: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zer
                                                     words.stride(0), scale.stride(0), out.stride(0), GROUP=group_size,
                                                     **fixed)
     return out
+
+
+def int4_gemv_fits(x: torch.Tensor, group_size: int) -> bool:
+    """What the packed int4 kernel needs of x (M, K): bf16 (it multiplies x's bf16 pairs as they are) and
+    whole groups."""
+    return x.dtype == torch.bfloat16 and x.shape[1] % group_size == 0
 
 
 def uses_gemv(M: int, words: torch.Tensor | None, use_dot: bool | None) -> bool:

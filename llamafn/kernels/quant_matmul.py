@@ -25,7 +25,8 @@ import torch
 
 from ..quant.formats import group_plane_order, plane_order
 from . import quant_gemv
-from .quant_gemv import as_words, int4_gemv, int4_gemv_pairs, int8_gemv, int8_gemv_planes, launch_group, uses_gemv
+from .quant_gemv import (as_words, int4_gemv, int4_gemv_fits, int4_gemv_pairs, int8_gemv, int8_gemv_planes,
+                         launch_group, uses_gemv)
 from .runtime import INTERPRET, launcher, triton
 
 if triton is not None:
@@ -138,7 +139,7 @@ def int4_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, ze
     M, K = x.shape
     N, G = scale.shape
     words = as_words(q)
-    if uses_gemv(M, words, use_dot) and x.dtype == torch.bfloat16 and K % group_size == 0:
+    if uses_gemv(M, words, use_dot) and int4_gemv_fits(x, group_size):
         pairs = x.contiguous().view(torch.int32) if planar else int4_gemv_pairs(x, group_size)
         return int4_gemv(pairs, words, scale, zero, group_size, x.dtype)
     if planar:

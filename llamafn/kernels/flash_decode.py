@@ -149,11 +149,14 @@ def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: 
     """q (B, H, T, D) with few rows per KV group (decode), k/v (B, Hkv, S, D), pos (B, T) -> (B, H, T, D).
     With k_scale / v_scale (B, Hkv, S), k and v are int8 rows of an int8 cache, dequantised in registers.
 
-    Two launches (one where a single split covers the cache), measured against one on an H100 (GQA
-    32/8, 16k keys, back to back in a CUDA graph: 30.1-30.4 us a call, split kernel 26 us, merge 3 us):
-    the last split merging after an atomic ticket took 33.3 us (the release fence and the serial merge
-    at the tail cost more than the launch), and the merge as a programmatic dependent launch
-    (griddepcontrol) 30.4 us, no change."""
+    Two launches (one where a single split covers the cache). On an H100 (GQA 32/8, 16k keys, back to
+    back in a CUDA graph) a call takes 29.0-29.3 us: the split kernel 26.5-26.9, the merge in one warp
+    the rest (29.8-30.1 with four warps; at 32k keys 51.2-51.7 against 52.1-52.7). Tried and slower or
+    no better: the last split merging after an atomic ticket (33.3 us with a serial merge; 30.2 with
+    every split's partials loaded at once: the ticket's registers and fence slow every split), the
+    merge as a programmatic dependent launch (griddepcontrol, no change), K and V through TMA
+    descriptors (split kernel 26.9 us at best), key tiles of 128 and other split counts (8-66 a KV
+    head: 16-33 within noise of the default, 8 and 66 slower)."""
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     group = H // Hkv
@@ -178,6 +181,6 @@ def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: 
         return out
     launcher(flash_decode_merge_kernel)[(B * Hkv, group * T)](
         part_o, part_ml, out, T, Hkv, group, n_splits, D, out.stride(0), out.stride(1), out.stride(2),
-        BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_S=min(64, triton.next_power_of_2(n_splits)),
-        **({} if INTERPRET else {"num_warps": 4}))
+        BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_S=min(32, triton.next_power_of_2(n_splits)),
+        **({} if INTERPRET else {"num_warps": 1}))
     return out

@@ -20,8 +20,8 @@ The eager references (llamafn.model.norm, llamafn.model.ffn) are the "reference"
 with no backend of its own for an op falls back to the reference (llamafn.kernels.registry.get_or_reference).
 All are custom ops (`torch.ops.llamafn.add_rms_norm`, `swiglu`, `rope_write`, the last mutating the
 cache) so compiled steps capture them. Measured against inductor's fusion of the references
-(`scripts/bench_kernels.py`, README; H100, back to back in one CUDA graph): add + norm equal; SwiGLU 7-15%
-faster at 8-32 rows, 4-5% slower at 1 and 2048; RoPE + write 1.7-2.5x faster at 1-32 rows and 1.28x at 2048.
+(`scripts/bench_kernels.py`, README; H100, back to back in one CUDA graph): add + norm equal; SwiGLU 7-16%
+faster at 8-32 rows, 4-6% slower at 1 and 2048; RoPE + write 1.8-2.3x faster at 1-32 rows and 1.29x at 2048.
 """
 
 from __future__ import annotations

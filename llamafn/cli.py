@@ -44,6 +44,23 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(name: str) -> str:
+    """--device as given, if it names a CPU or a CUDA GPU this machine has; else InputError."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise InputError(f"--device {name}: no CUDA GPU is available (torch {torch.__version__}, {build})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type != "cpu":
+        raise InputError(f"--device {name}: only cpu and cuda devices are supported")
+    return name
+
+
 SHIPPED = {"target": "stdlib-coder", "draft": "stdlib-coder-draft"}
 
 
@@ -64,7 +81,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     checkpoint.detect_format(model)
     sampling_params(1, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                     repetition_penalty=args.repetition_penalty)
-    device = args.device or default_device()
+    device = check_device(args.device) if args.device else default_device()
     if args.attention == "triton":
         require_triton(device, "--attention triton")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)

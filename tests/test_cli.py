@@ -99,6 +99,17 @@ def test_triton_kernels_without_a_gpu_are_refused_before_any_output():
     assert "--attention triton needs a CUDA GPU" in result.stderr
 
 
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "--device 'gpu' is not a device"),
+    ("cuda:64", "--device cuda:64: "),
+    ("meta", "--device meta: only cpu and cuda devices are supported"),
+])
+def test_a_device_this_machine_lacks_is_one_error_line(device, message):
+    result = run_cli("generate", "--device", device, "--max-new-tokens", "2", "hi")
+    assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    assert message in result.stderr
+
+
 def test_a_missing_model_and_a_truncated_checkpoint(tmp_path):
     result = run_cli("generate", "--model", str(tmp_path / "nope.bin"), "hi")
     assert result.returncode == 1 and "nope.bin: no such checkpoint" in result.stderr

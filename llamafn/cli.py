@@ -1,7 +1,8 @@
 """The command line: `llamafn generate | info | convert` (also `python -m llamafn`).
 
-Errors the project raises on purpose (LlamafnError) are printed as one line, without a traceback,
-and the exit status is 1; an interrupted run exits 130.
+Errors the project raises on purpose (LlamafnError) and the file system's refusals (OSError: a path
+that cannot be written, permissions, a full disk) are printed as one line, without a traceback, and the
+exit status is 1; an interrupted run exits 130.
 """
 
 from __future__ import annotations
@@ -269,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as e:                      # the file system refused a read or write (a path, permissions, space)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"llamafn: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
 
 

@@ -110,6 +110,14 @@ def test_a_device_this_machine_lacks_is_one_error_line(device, message):
     assert message in result.stderr
 
 
+def test_an_unwritable_destination_is_one_error_line_and_leaves_nothing(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = run_cli("convert", "target", str(tmp_path / "file" / "out"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{tmp_path / 'file'}: File exists" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 def test_a_missing_model_and_a_truncated_checkpoint(tmp_path):
     result = run_cli("generate", "--model", str(tmp_path / "nope.bin"), "hi")
     assert result.returncode == 1 and "nope.bin: no such checkpoint" in result.stderr

@@ -156,7 +156,7 @@ def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: 
     every split's partials loaded at once: the ticket's registers and fence slow every split), the
     merge as a programmatic dependent launch (griddepcontrol, no change), K and V through TMA
     descriptors (split kernel 26.9 us at best), key tiles of 128 and other split counts (8-66 a KV
-    head: 16-33 within noise of the default, 8 and 66 slower)."""
+    head: 16 and 33 within noise of the default 17, 8, 24 and 66 slower)."""
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     group = H // Hkv

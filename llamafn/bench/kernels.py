@@ -8,7 +8,8 @@
 - decode attention, one query token a head over a KV cache of 4k-128k positions (Llama-2 MHA 32/32 and
   Llama-3 GQA 32/8 heads, head dim 128): the bytes of K and V read per second against the copy bandwidth,
   flash-decoding against SDPA over the folded groups (the "sdpa" backend's decode path), each replayed
-  from a CUDA graph as in the compiled decode step.
+  from a CUDA graph as in the compiled decode step, next to a copy moving the same bytes (the copy rate
+  at the size of one call).
 
 - the fused elementwise kernels (residual add + RMSNorm, SwiGLU, RoPE + KV-cache write) at 7B widths, against their references
   eager and compiled by inductor, as GB/s next to the copy bandwidth.
@@ -98,9 +99,17 @@ def rotation(make_inputs, bytes_per_call: int, calls: int = 8) -> list:
     return [sets[i % len(sets)] for i in range(max(calls, len(sets)))]
 
 
+def decode_row(H: int, Hkv: int, S: int, path: str, seconds: float, kv_bytes: int, copy_GBps: float) -> dict:
+    gbps = kv_bytes / seconds / 1e9
+    return {"heads": H, "kv_heads": Hkv, "context": S, "path": path, "us": round(seconds * 1e6, 1),
+            "KV_GBps": round(gbps, 1), "copy_fraction": round(gbps / copy_GBps, 3)}
+
+
 def decode_rows(contexts: list[int], head_configs: list[tuple[int, int]], copy_GBps: float) -> list[dict]:
     """Decode attention over K/V of `context` positions, timed back to back in one CUDA graph as inside a
-    compiled decode step, each call on K/V not left in L2 by the call before."""
+    compiled decode step, each call on K/V not left in L2 by the call before. Next to it, what the copy
+    rate is at that size: a copy of K into another buffer moves the bytes the attention reads (half read,
+    half written), timed the same way, so its fraction is the copy's own at the size of one call."""
     rows = []
     for H, Hkv in head_configs:
         for S in contexts:
@@ -117,11 +126,14 @@ def decode_rows(contexts: list[int], head_configs: list[tuple[int, int]], copy_G
                 attend = get("attention", name)
                 err = max_abs_diff(attend(q, k, v, pos), reference)
                 t = time_in_graph([lambda qkv=qkv: attend(*qkv, pos) for qkv in sets])
-                gbps = kv_bytes / t / 1e9
-                rows.append({"heads": H, "kv_heads": Hkv, "context": S, "path": f"{name} decode", "us": round(t * 1e6, 1),
-                             "KV_GBps": round(gbps, 1), "copy_fraction": round(gbps / copy_GBps, 3),
+                rows.append({**decode_row(H, Hkv, S, f"{name} decode", t, kv_bytes, copy_GBps),
                              "calls_per_graph": len(sets), "max_abs_diff_vs_fp32": err})
                 log(rows[-1])
+            dst = torch.empty_like(k)
+            t = time_in_graph([lambda qkv=qkv: dst.copy_(qkv[1]) for qkv in sets])        # K read, K written
+            rows.append({**decode_row(H, Hkv, S, "copy of the same bytes", t, kv_bytes, copy_GBps),
+                         "calls_per_graph": len(sets)})
+            log(rows[-1])
             del sets, q, k, v
             torch.cuda.empty_cache()
     return rows

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from ..config import preset
-from ..kernels import quant_gemv, quant_matmul
+from ..kernels import int4_mma, quant_gemv, quant_matmul
 from ..model import forward
 from ..params import fuse, init_params, nbytes
 from ..quant import dequantize, planar, quantize, tinygemm
-from ..quant.formats import quantize_weight
+from ..quant.formats import quantize_weight, unpack_int4
 from .ceilings import copies_past_l2, measure, time_in_graph, write_results
 from .decode import compiled_decode, log, profile_step
 
@@ -84,11 +84,26 @@ def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
         paths["triton, planar weight"] = (
             lambda x, w: torch.ops.llamafn.int4_matmul(x, w.q, w.scale, w.zero, w.group_size, True),
             [planar.to_planar(w) for w in copies])
+        paths.update(mma_paths(x, copies))
         if M <= 64 and tinygemm.available(x.device):
             paths["tinygemm (torch._weight_int4pack_mm)"] = (tinygemm.tinygemm_matmul,
                                                              [tinygemm.to_tinygemm(w) for w in copies])
     if M >= 128:
         paths["dequantize + cuBLAS"] = (lambda x, w: F.linear(x, dequantize(w, x.dtype)), copies)
+    return paths
+
+
+def mma_paths(x: torch.Tensor, copies: list) -> dict:
+    """The tensor-core int4 GEMV (llamafn.kernels.int4_mma) at 2, 4 and 8 warps a tile, where it fits."""
+    w, (M, K) = copies[0], x.shape
+    if M > int4_mma.MAX_ROWS or x.dtype != torch.bfloat16:
+        return {}
+    paths = {}
+    for chains in (2, 4, 8):
+        if int4_mma.mma_fits(w.q.shape[0], K, w.group_size, chains):
+            layouts = [int4_mma.mma_layout(unpack_int4(c.q), c.scale, c.zero, c.group_size, chains) for c in copies]
+            paths[f"triton mma, {chains} warps a tile"] = (
+                lambda x, layout, g=w.group_size: int4_mma.int4_mma(x, *layout, g), layouts)
     return paths
 
 

@@ -8,9 +8,9 @@ eight nibbles of one k-step are one int32 word, shuffled offline (`mma_layout`) 
 them straight into its A fragment as bf16 128 + q (exact) and four packed adds of -(128 + z) leave q - z
 (exact); x is read as it is, because inside a group the k order is permuted so that lane t's B fragments
 of consecutive k-steps are consecutive 8-byte quads of its row of x. The group's scale multiplies the
-fp32 partial sums every four k-steps. In the sm_90 SASS the loop takes 2.06 instructions a weight
-(`python scripts/sass_mix.py`-style count of this kernel) against 3.6-3.7 for the packed-bf16 CUDA-core
-GEMV (llamafn.kernels.quant_gemv), which is bound by instruction issue.
+fp32 partial sums every four k-steps. In the sm_90 SASS the loop takes 2.14-2.28 instructions a weight
+at group 128 (`python scripts/sass_mix.py --kernel int4-mma`) against 3.6-3.7 for the packed-bf16
+CUDA-core GEMV (llamafn.kernels.quant_gemv), which is bound by instruction issue.
 
 A program is one 16-row tile of the weight; its NW warps (chains) split the groups of K between them and
 add their partial sums at the end. Element e of the program's (NW * 128,) tensors is register e % 4 of

@@ -76,7 +76,8 @@ def mma_mix(group: int) -> int:
         sass = disassemble(compiled.asm["cubin"])
         ops = loop_opcodes(sass)
         total, weights = sum(ops.values()), 8 * 4 * group // 64
-        print(f"warps a tile={chains}: {total} instructions a loop, {total / weights:.2f} a weight; HMMA {ops['HMMA']}, "
+        print(f"warps a tile={chains}: {total} instructions a loop, {total / weights:.2f} a weight; "
+              f"HMMA {ops['HMMA']}, "
               f"BAR {ops['BAR']}, shared {ops['LDS'] + ops['STS']}, spills {sass.count('LDL') + sass.count('STL')}")
     return 0
 

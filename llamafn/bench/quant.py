@@ -24,15 +24,16 @@ from ..config import preset
 from ..kernels import int4_mma, quant_gemv, quant_matmul
 from ..model import forward
 from ..params import fuse, init_params, nbytes
-from ..quant import dequantize, planar, quantize, tinygemm
-from ..quant.formats import quantize_weight, unpack_int4
+from ..quant import dequantize, mma, planar, quantize, tinygemm
+from ..quant.formats import quantize_weight
 from .ceilings import copies_past_l2, measure, time_in_graph, write_results
 from .decode import compiled_decode, log, profile_step
 
 
 def parse_scheme(name: str) -> tuple[str, int]:
     """'int4-g32' -> ('int4', 32); 'int8' -> ('int8', 0); 'bf16' -> ('bf16', 0). A decode scheme may end in
-    a run-time layout, '+tinygemm' (int4) or '+gemv' (int8, int4; `decode_params`), which is not part of the pair."""
+    a run-time layout, '+tinygemm' or '+mma' (int4) or '+gemv' (int8, int4; `decode_params`), which is not part of
+    the pair."""
     scheme, _, group = name.partition("+")[0].partition("-g")
     return scheme, int(group or 0)
 
@@ -43,7 +44,7 @@ def decode_params(params, name: str, head: bool = False):
     if scheme == "bf16":
         return params
     p = quantize(params, scheme, group_size=group or 128, output=head)
-    layouts = {"": lambda p: p, "tinygemm": tinygemm.for_tinygemm, "gemv": planar.for_gemv}
+    layouts = {"": lambda p: p, "tinygemm": tinygemm.for_tinygemm, "gemv": planar.for_gemv, "mma": mma.for_mma}
     return layouts[name.partition("+")[2]](p)
 
 
@@ -94,17 +95,14 @@ def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
 
 
 def mma_paths(x: torch.Tensor, copies: list) -> dict:
-    """The tensor-core int4 GEMV (llamafn.kernels.int4_mma) at 2, 4 and 8 warps a tile, where it fits."""
-    w, (M, K) = copies[0], x.shape
+    """The tensor-core int4 GEMV (llamafn.kernels.int4_mma) at 1, 2, 4 and 8 warps a tile, where it fits."""
+    w, M = copies[0], x.shape[0]
     if M > int4_mma.MAX_ROWS or x.dtype != torch.bfloat16:
         return {}
-    paths = {}
-    for chains in (2, 4, 8):
-        if int4_mma.mma_fits(w.q.shape[0], K, w.group_size, chains):
-            layouts = [int4_mma.mma_layout(unpack_int4(c.q), c.scale, c.zero, c.group_size, chains) for c in copies]
-            paths[f"triton mma, {chains} warps a tile"] = (
-                lambda x, layout, g=w.group_size: int4_mma.int4_mma(x, *layout, g), layouts)
-    return paths
+    return {f"triton mma, {chains} warps a tile": (
+                lambda x, w: torch.ops.llamafn.int4_mma(x, w.words, w.records, w.group_size),
+                [mma.to_mma(c, chains) for c in copies])
+            for chains in (1, 2, 4, 8) if mma.fits(*w.shape, w.group_size, chains)}
 
 
 def kernel_rows(cfg, rows: list[int], schemes: list[str], copy_GBps: float) -> list[dict]:

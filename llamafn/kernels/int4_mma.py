@@ -4,7 +4,7 @@ Triton through inline PTX.
 
 Each warp runs mma.m16n8k16 (bf16 in, fp32 accumulate) with a 16-row tile of the weight as the A operand
 and the activations as B: column n of B is row n of x, so up to eight rows cost what one does. A lane's
-eight nibbles of one k-step are one int32 word, shuffled offline (`mma_layout`) so that four LOP3s put
+eight nibbles of one k-step are one int32 word, shuffled offline (llamafn.quant.mma) so that four LOP3s put
 them straight into its A fragment as bf16 128 + q (exact) and four packed adds of -(128 + z) leave q - z
 (exact); x is read as it is, because inside a group the k order is permuted so that lane t's B fragments
 of consecutive k-steps are consecutive 8-byte quads of its row of x. The group's scale multiplies the
@@ -30,7 +30,6 @@ import torch
 from ..errors import InputError
 from .runtime import INTERPRET, launcher, triton
 
-GROUP_SIZES = (64, 128, 256)              # a group holds at least 4 k-steps of 16: one invocation of MMA4
 MAX_ROWS = 8                              # the columns of B
 
 if triton is not None:
@@ -109,8 +108,8 @@ if triton is not None:
             r3 = tl.arange(0, 8)[:, None, None]
             t3 = tl.arange(0, 4)[None, :, None]
             j3 = tl.arange(0, 4)[None, None, :]
-            m = 2 * t3 + j3 % 2                                                   # lane (g, t) holds D[g][2t], D[g][2t+1],
-            rows = p * 16 + r3 + 8 * (j3 // 2)                                    # D[g+8][2t], D[g+8][2t+1]
+            m = 2 * t3 + j3 % 2                             # lane (g, t) holds D[g][2t], D[g][2t+1], D[g+8][2t],
+            rows = p * 16 + r3 + 8 * (j3 // 2)              # D[g+8][2t+1]: column m of D is row m of the output
             tl.store(out_ptr + m * stride_om + rows, per_lane.to(out_ptr.dtype.element_ty), mask=m < M)
         else:
             n = tl.arange(0, 8)
@@ -134,53 +133,12 @@ if triton is not None:
                      mask=n[None, :] < M)
 
 
-def mma_fits(n: int, k: int, group_size: int, chains: int) -> bool:
-    """Whether an (n, k) int4 weight in groups of group_size takes the layout with `chains` warps a tile."""
-    return group_size in GROUP_SIZES and n % 16 == 0 and k % group_size == 0 and (k // group_size) % chains == 0
-
-
-def bf16_bits(v: torch.Tensor) -> torch.Tensor:
-    return v.to(torch.bfloat16).view(torch.int16).to(torch.int64) & 0xFFFF
-
-
-def mma_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
-               chains: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """codes (N, K) in [0, 15], scale (N, G), zero (N, G) -> (words (P, K / (64 chains), 128 chains) int32,
-    records (P, G, 8) int64) for P = N / 16 tiles: word e of step i of tile p holds lane (e // 4) % 32's
-    8 nibbles of k-step (chain e // 128) * K / (16 chains) + 4 i + e % 4; record (p, group, g) holds the
-    bf16 scales of rows 16 p + g and 16 p + g + 8, then -(128 + z) of both."""
-    N, K = codes.shape
-    if not mma_fits(N, K, group_size, chains):
-        raise InputError(f"the int4 mma layout needs rows in tiles of 16, whole groups of {GROUP_SIZES} divided "
-                         f"among {chains} chains; got {N}x{K} in groups of {group_size}")
-    S, P = group_size // 16, N // 16
-    steps = K // 16 // chains                                                     # k-steps a chain
-    p = torch.arange(P, device=codes.device)[:, None, None]
-    i = torch.arange(steps // 4, device=codes.device)[None, :, None]
-    e = torch.arange(chains * 128, device=codes.device)[None, None, :]
-    lane, j = (e // 4) % 32, e % 4
-    g, t = lane // 4, lane % 4
-    kstep = (e // 128) * steps + 4 * i + j
-    c0 = group_size * (kstep // S) + (group_size // 4) * t + 4 * (kstep % S)
-    r_lo, r_hi = 16 * p + g, 16 * p + g + 8
-    c = codes.to(torch.int64)
-    pairs = [(c[r_lo, c0], c[r_lo, c0 + 1]), (c[r_hi, c0], c[r_hi, c0 + 1]),
-             (c[r_lo, c0 + 2], c[r_lo, c0 + 3]), (c[r_hi, c0 + 2], c[r_hi, c0 + 3])]
-    words = sum((lo << (4 * k)) | (hi << (16 + 4 * k)) for k, (lo, hi) in enumerate(pairs))
-    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
-    rows = torch.arange(N, device=codes.device).view(P, 16)
-
-    def halves(v: torch.Tensor) -> torch.Tensor:                                 # (N, G) -> bits of rows g | g + 8
-        return bf16_bits(v[rows[:, :8]]).transpose(1, 2) | (bf16_bits(v[rows[:, 8:]]).transpose(1, 2) << 16)
-    records = halves(scale.float()) | (halves(-(128.0 + zero.float())) << 32)
-    return words.contiguous(), records.contiguous()
-
-
-def int4_mma(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int) -> torch.Tensor:
-    """x (M, K) bf16, M <= 8, a weight in `mma_layout` -> x @ w^T (M, N) bf16."""
+def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int) -> torch.Tensor:
+    """x (M, K) bf16, M <= 8, a weight in the mma layout (llamafn.quant.mma) -> x @ w^T (M, N) bf16."""
     M, K = x.shape
     if M > MAX_ROWS or x.dtype != torch.bfloat16 or K % 4:
-        raise InputError(f"int4_mma takes 1-{MAX_ROWS} bf16 rows with K a multiple of 4, got {tuple(x.shape)} {x.dtype}")
+        raise InputError(f"int4_mma takes 1-{MAX_ROWS} bf16 rows with K a multiple of 4, got {tuple(x.shape)} "
+                         f"{x.dtype}")
     P, chains, G = records.shape[0], words.shape[2] // 128, records.shape[1]
     quads = x.contiguous().view(torch.int64)
     out = torch.empty(M, 16 * P, dtype=torch.bfloat16, device=x.device)
@@ -188,3 +146,10 @@ def int4_mma(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_
                                      NW=chains, S=group_size // 16, ASM=not INTERPRET,
                                      **({} if INTERPRET else {"num_warps": chains}))
     return out
+
+
+if triton is not None:
+    @torch.library.triton_op("llamafn::int4_mma", mutates_args=())
+    def int4_mma(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int) -> torch.Tensor:
+        """x (M <= 8, K) bf16 @ an int4 weight in the mma layout (Int4MmaWeight)^T -> (M, N), on the GPU."""
+        return int4_mma_launch(x, words, records, group_size)

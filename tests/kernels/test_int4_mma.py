@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from llamafn.errors import InputError
 from llamafn.kernels import int4_mma
-from llamafn.quant.formats import Int4Weight, pack_int4, unpack_int4
+from llamafn.quant.formats import Int4Weight, pack_int4
+from llamafn.quant.mma import GROUP_SIZES, to_mma
 from tests.kernels.quant_reference import DEVICE, check
 from tests.strategies import seeds
 
@@ -26,7 +27,7 @@ def int4_weight(g: torch.Generator, n: int, k: int, group: int) -> Int4Weight:
                       (torch.rand(n, G, generator=g) + 0.1).bfloat16(), zero.to(torch.uint8))
 
 
-@given(seeds(), st.integers(1, 8), st.integers(1, 2), st.sampled_from(int4_mma.GROUP_SIZES),
+@given(seeds(), st.integers(1, 8), st.integers(1, 2), st.sampled_from(GROUP_SIZES),
        st.sampled_from([1, 2, 4]), st.integers(1, 2))
 def test_int4_mma_matches_the_dequantised_product(seed, m, tiles, group, chains, groups_a_chain):
     """1-8 rows of x (every column of the mma's B, unused ones masked), 1-2 tiles of 16 rows, every group
@@ -35,23 +36,17 @@ def test_int4_mma_matches_the_dequantised_product(seed, m, tiles, group, chains,
     n, k = 16 * tiles, group * chains * groups_a_chain
     w = int4_weight(g, n, k, group)
     x = torch.randn(m, k, generator=g).bfloat16()
-    words, records = int4_mma.mma_layout(unpack_int4(w.q), w.scale, w.zero, group, chains)
-    assert words.shape == (tiles, k // 64 // chains, 128 * chains) and words.dtype == torch.int32
-    assert records.shape == (tiles, k // group, 8) and records.dtype == torch.int64
-    out = int4_mma.int4_mma(x.to(DEVICE), words.to(DEVICE), records.to(DEVICE), group)
+    m4 = to_mma(Int4Weight(*(f.to(DEVICE) for f in w)), chains)
+    assert m4.words.shape == (tiles, k // 64 // chains, 128 * chains) and m4.words.dtype == torch.int32
+    assert m4.records.shape == (tiles, k // group, 8) and m4.records.dtype == torch.int64
+    out = int4_mma.int4_mma_launch(x.to(DEVICE), m4.words, m4.records, group)
     check(out, x.to(DEVICE), Int4Weight(*(f.to(DEVICE) for f in w)))
 
 
-def test_the_layout_refuses_what_it_cannot_tile():
-    codes = torch.zeros(16, 256, dtype=torch.int64)
-    scale, zero = torch.ones(16, 8), torch.zeros(16, 8)
-    assert int4_mma.mma_fits(16, 256, 32, 1) is False                            # a group of 2 k-steps
-    assert int4_mma.mma_fits(24, 256, 64, 1) is False                            # rows not in tiles of 16
-    assert int4_mma.mma_fits(16, 256, 64, 8) is False                            # 4 groups, 8 chains
-    with pytest.raises(InputError, match="tiles of 16"):
-        int4_mma.mma_layout(codes, scale, zero, 32, 1)
-    words, records = int4_mma.mma_layout(codes[:, :128], scale[:, :2], zero[:, :2], 64, 2)
+def test_the_kernel_refuses_rows_it_cannot_take():
+    w = to_mma(Int4Weight(pack_int4(torch.zeros(16, 128, dtype=torch.int64)), torch.ones(16, 2).bfloat16(),
+                          torch.zeros(16, 2, dtype=torch.uint8)), 2)
     with pytest.raises(InputError, match="1-8 bf16 rows"):
-        int4_mma.int4_mma(torch.zeros(9, 128, dtype=torch.bfloat16), words, records, 64)
+        int4_mma.int4_mma_launch(torch.zeros(9, 128, dtype=torch.bfloat16), w.words, w.records, 64)
     with pytest.raises(InputError, match="1-8 bf16 rows"):
-        int4_mma.int4_mma(torch.zeros(1, 128), words, records, 64)
+        int4_mma.int4_mma_launch(torch.zeros(1, 128), w.words, w.records, 64)

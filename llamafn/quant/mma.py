@@ -1,0 +1,99 @@
+"""The tensor-core int4 GEMV's layout (llamafn.kernels.int4_mma) as a run-time layout of int4 weights,
+`Int4MmaWeight`, for decode steps of one to eight bf16 rows.
+
+Rows go in tiles of 16 (one mma's A operand) and each tile's groups are split among `chains` warps. Word e
+of step i of tile p holds the 8 nibbles lane (e // 4) % 32 of warp e // 128 needs for k-step 4 i + e % 4
+of its chain, in its A fragment's order (mma.m16n8k16: lane (g, t) holds rows g and g + 8 at k 2t, 2t + 1,
+2t + 8, 2t + 9); inside a group, the k-step s columns of lane t are group/4 t + 4 s .. + 3, so that its B
+fragments are one 8-byte quad of x. Record (p, group, g) holds the scales of rows 16 p + g and + 8 as bf16,
+then -(128 + zero) of both as bf16 (what the kernel adds to 128 + q). Scales are rounded to bf16.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InputError
+from .formats import Int4MmaWeight, Int4Weight, pack_int4, unpack_int4
+
+GROUP_SIZES = (64, 128, 256)              # a group holds at least 4 k-steps of 16: one invocation of the PTX
+CHAINS = (4, 2, 1)                        # warps a tile: the first that divides a weight's groups
+
+
+def fits(n: int, k: int, group_size: int, chains: int = 1) -> bool:
+    """Whether an (n, k) int4 weight in groups of group_size takes the layout with `chains` warps a tile."""
+    return group_size in GROUP_SIZES and n % 16 == 0 and k % group_size == 0 and (k // group_size) % chains == 0
+
+
+def lane_columns(P: int, steps: int, chains: int, group_size: int, device) -> tuple:
+    """For every (tile p, step i, element e): the rows (16 p + g, + 8) and first column c0 of the 2 x 4
+    weights lane (e // 4) % 32 of warp e // 128 feeds its k-step; each (P, steps / 4, 128 chains)."""
+    p = torch.arange(P, device=device)[:, None, None]
+    i = torch.arange(steps // 4, device=device)[None, :, None]
+    e = torch.arange(chains * 128, device=device)[None, None, :]
+    lane, j = (e // 4) % 32, e % 4
+    g, t = lane // 4, lane % 4
+    kstep = (e // 128) * steps + 4 * i + j
+    S = group_size // 16
+    c0 = group_size * (kstep // S) + (group_size // 4) * t + 4 * (kstep % S)
+    return 16 * p + g, 16 * p + g + 8, c0
+
+
+def pair_slots(r_lo, r_hi, c0) -> list:
+    """(row, column) of the low and high nibble of pairs 0-3 of a word (bits 4 k and 16 + 4 k)."""
+    return [((r_lo, c0), (r_lo, c0 + 1)), ((r_hi, c0), (r_hi, c0 + 1)),
+            ((r_lo, c0 + 2), (r_lo, c0 + 3)), ((r_hi, c0 + 2), (r_hi, c0 + 3))]
+
+
+def bf16_bits(v: torch.Tensor) -> torch.Tensor:
+    return v.to(torch.bfloat16).view(torch.int16).to(torch.int64) & 0xFFFF
+
+
+def from_bf16_bits(bits: torch.Tensor) -> torch.Tensor:
+    return (bits & 0xFFFF).to(torch.int32).to(torch.int16).view(torch.bfloat16)
+
+
+def to_mma(w: Int4Weight, chains: int | None = None) -> Int4MmaWeight:
+    """w in the mma layout with `chains` warps a tile (default: the first of CHAINS that fits)."""
+    (N, K), group = w.shape, w.group_size
+    chains = chains or next((c for c in CHAINS if fits(N, K, group, c)), 1)
+    if not fits(N, K, group, chains):
+        raise InputError(f"the int4 mma layout needs rows in tiles of 16 and whole groups of {GROUP_SIZES} divided "
+                         f"among {chains} warps; got {N}x{K} in groups of {group}")
+    steps = K // 16 // chains                                                      # k-steps a chain
+    r_lo, r_hi, c0 = lane_columns(N // 16, steps, chains, group, w.q.device)
+    codes = unpack_int4(w.q).to(torch.int64)
+    words = sum((codes[lo] << (4 * k)) | (codes[hi] << (16 + 4 * k)) for k, (lo, hi) in
+                enumerate(pair_slots(r_lo, r_hi, c0)))
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    rows = torch.arange(N, device=w.q.device).view(N // 16, 16)
+
+    def halves(v: torch.Tensor) -> torch.Tensor:                                 # (N, G) -> bits of rows g | g + 8
+        return bf16_bits(v[rows[:, :8]]).transpose(1, 2) | (bf16_bits(v[rows[:, 8:]]).transpose(1, 2) << 16)
+    records = halves(w.scale.float()) | (halves(-(128.0 + w.zero.float())) << 32)
+    return Int4MmaWeight(words.contiguous(), records.contiguous())
+
+
+def to_natural(w: Int4MmaWeight) -> Int4Weight:
+    """The Int4Weight an Int4MmaWeight stands for (scales in bf16)."""
+    (N, K), group, chains = w.shape, w.group_size, w.words.shape[2] // 128
+    r_lo, r_hi, c0 = lane_columns(N // 16, K // 16 // chains, chains, group, w.words.device)
+    words = w.words.to(torch.int64) & 0xFFFFFFFF
+    codes = torch.empty(N, K, dtype=torch.uint8, device=w.words.device)
+    for k, (lo, hi) in enumerate(pair_slots(r_lo, r_hi, c0)):
+        codes[lo] = ((words >> (4 * k)) & 15).to(torch.uint8)
+        codes[hi] = ((words >> (16 + 4 * k)) & 15).to(torch.uint8)
+
+    def rows_of(bits: torch.Tensor) -> torch.Tensor:                              # (P, G, 8) halves -> (N, G)
+        lo, hi = from_bf16_bits(bits), from_bf16_bits(bits >> 16)
+        return torch.cat([lo.transpose(1, 2), hi.transpose(1, 2)], dim=1).reshape(N, -1)
+    scale = rows_of(w.records)
+    zero = (-rows_of(w.records >> 32).float() - 128.0).round().to(torch.uint8)
+    return Int4Weight(pack_int4(codes), scale, zero)
+
+
+def for_mma(params: dict) -> dict:
+    """A new params dict with every int4 matrix that fits in the mma layout, the rest unchanged (the
+    embedding table stays: a looked-up row is used as it is stored)."""
+    return {key: to_mma(value) if isinstance(value, Int4Weight) and key != "tok_embeddings.weight"
+            and fits(*value.shape, value.group_size) else value for key, value in params.items()}

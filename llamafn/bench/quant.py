@@ -102,7 +102,7 @@ def mma_paths(x: torch.Tensor, copies: list) -> dict:
     return {f"triton mma, {chains} warps a tile": (
                 lambda x, w: torch.ops.llamafn.int4_mma(x, w.words, w.records, w.group_size),
                 [mma.to_mma(c, chains) for c in copies])
-            for chains in (1, 2, 4, 8) if mma.fits(*w.shape, w.group_size, chains)}
+            for chains in (1, 2, 4, 8) if mma.fits(*w.shape, w.group_size)}
 
 
 def kernel_rows(cfg, rows: list[int], schemes: list[str], copy_GBps: float) -> list[dict]:

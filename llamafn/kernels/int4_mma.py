@@ -8,12 +8,12 @@ eight nibbles of one k-step are one int32 word, shuffled offline (llamafn.quant.
 them straight into its A fragment as bf16 128 + q (exact) and four packed adds of -(128 + z) leave q - z
 (exact); x is read as it is, because inside a group the k order is permuted so that lane t's B fragments
 of consecutive k-steps are consecutive 8-byte quads of its row of x. The group's scale multiplies the
-fp32 partial sums every four k-steps. In the sm_90 SASS the loop takes 2.14-2.28 instructions a weight
+fp32 partial sums every four k-steps. In the sm_90 SASS the loop takes 2.23-2.41 instructions a weight
 at group 128 (`python scripts/sass_mix.py --kernel int4-mma`) against 3.6-3.7 for the packed-bf16
 CUDA-core GEMV (llamafn.kernels.quant_gemv), which is bound by instruction issue.
 
-A program is one 16-row tile of the weight; its NW warps (chains) split the groups of K between them and
-add their partial sums at the end. Element e of the program's (NW * 128,) tensors is register e % 4 of
+A program is one 16-row tile of the weight; its NW warps (chains) split the groups of K between them,
+ceil(G / NW) each (loads past the last group masked), and add their partial sums at the end. Element e of the program's (NW * 128,) tensors is register e % 4 of
 lane (e // 4) % 32 of warp e // 128: Triton's layout for a contiguous 1-D int32 load read 16 bytes a
 thread, which the words' order assumes. The interpreter cannot run PTX, so under `TRITON_INTERPRET=1`
 (ASM=False) the kernel computes what the fragments multiply, element by element, in fp32: the words'
@@ -85,7 +85,7 @@ if triton is not None:
                         NW: tl.constexpr, S: tl.constexpr, ASM: tl.constexpr):
         """x_ptr: x (M, K) bf16 read as int64 quads (row stride stride_xm quads); w_ptr: words (P, GPC * S / 4,
         NW * 128) int32; r_ptr: records (P, G, 8) int64; out_ptr: (M, 16 P). S = k-steps a group (group
-        size / 16); chain w takes groups [w GPC, (w + 1) GPC)."""
+        size / 16); chain w takes groups [w GPC, (w + 1) GPC), those past G masked (zero words, no x)."""
         p = tl.program_id(0)
         E: tl.constexpr = NW * 128
         e = tl.arange(0, E)
@@ -98,10 +98,11 @@ if triton is not None:
             acc = tl.zeros((E,), dtype=tl.float32)
             x_at = x_ptr + tl.minimum(g, M - 1) * stride_xm + quad                  # B column n = row n of x
             for gi in range(GPC):
-                rec = tl.load(rec_at + gi * 8)
+                real = w * GPC + gi < G
+                rec = tl.load(rec_at + gi * 8, mask=real, other=0)
                 for h in tl.static_range(S // 4):
                     words = tl.load(words_at + (gi * (S // 4) + h) * E)
-                    xq = tl.load(x_at + gi * (4 * S) + 4 * h, mask=g < M, other=0)
+                    xq = tl.load(x_at + gi * (4 * S) + 4 * h, mask=(g < M) & real, other=0)
                     acc = tl.inline_asm_elementwise(MMA4, MMA4_CONSTRAINTS, [words, xq, rec, acc],
                                                     dtype=tl.float32, is_pure=True, pack=4)
             per_lane = tl.sum(tl.reshape(acc, (NW, 8, 4, 4)), axis=0)            # (g, t, j)
@@ -117,10 +118,11 @@ if triton is not None:
             hi = tl.zeros((E, 8), dtype=tl.float32)
             x_at = x_ptr + tl.minimum(n, M - 1)[None, :] * stride_xm + quad[:, None]
             for gi in range(GPC):
-                rec = tl.load(rec_at + gi * 8)
+                real = w * GPC + gi < G
+                rec = tl.load(rec_at + gi * 8, mask=real, other=0)
                 for h in tl.static_range(S // 4):
                     words = tl.load(words_at + (gi * (S // 4) + h) * E)
-                    x_all = tl.load(x_at + gi * (4 * S) + 4 * h, mask=(n < M)[None, :], other=0)
+                    x_all = tl.load(x_at + gi * (4 * S) + 4 * h, mask=(n < M)[None, :] & real[:, None], other=0)
                     dlo, dhi = fragment_sums(words, x_all, rec)
                     lo += dlo
                     hi += dhi
@@ -142,7 +144,7 @@ def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor,
     P, chains, G = records.shape[0], words.shape[2] // 128, records.shape[1]
     quads = x.contiguous().view(torch.int64)
     out = torch.empty(M, 16 * P, dtype=torch.bfloat16, device=x.device)
-    launcher(int4_mma_kernel)[(P,)](quads, words, records, out, M, G, G // chains, quads.stride(0), out.stride(0),
+    launcher(int4_mma_kernel)[(P,)](quads, words, records, out, M, G, -(-G // chains), quads.stride(0), out.stride(0),
                                      NW=chains, S=group_size // 16, ASM=not INTERPRET,
                                      **({} if INTERPRET else {"num_warps": chains}))
     return out

@@ -115,13 +115,17 @@ class Int4MmaWeight(NamedTuple):
     """An Int4Weight in the tensor-core GEMV's layout (llamafn.quant.mma): words of 8 nibbles in mma
     fragment order and a record of bf16 scales and zero points per (tile, group, row pair); a run-time
     layout, never saved."""
-    words: torch.Tensor    # (N/16, K/(64 c), 128 c) int32, c warps a tile
+    words: torch.Tensor    # (N/16, ceil(G/c) group/64, 128 c) int32, c warps a tile, each ceil(G/c) groups
     records: torch.Tensor  # (N/16, G, 8) int64
 
     dtype = torch.bfloat16
     device = property(lambda w: w.words.device)
-    shape = property(lambda w: torch.Size((16 * w.words.shape[0], w.words.shape[1] * 64 * (w.words.shape[2] // 128))))
-    group_size = property(lambda w: w.shape[1] // w.records.shape[1])
+    shape = property(lambda w: torch.Size((16 * w.words.shape[0], w.records.shape[1] * w.group_size)))
+
+    @property
+    def group_size(self) -> int:
+        chains = self.words.shape[2] // 128
+        return 64 * self.words.shape[1] // -(-self.records.shape[1] // chains)
 
 
 QuantWeight = Int8Weight | Int4Weight | Int4TinyGemmWeight | Int8GemvWeight | Int4GemvWeight | Int4MmaWeight

@@ -1,7 +1,8 @@
 """The tensor-core int4 GEMV's layout (llamafn.kernels.int4_mma) as a run-time layout of int4 weights,
 `Int4MmaWeight`, for decode steps of one to eight bf16 rows.
 
-Rows go in tiles of 16 (one mma's A operand) and each tile's groups are split among `chains` warps. Word e
+Rows go in tiles of 16 (one mma's A operand) and each tile's groups are split among `chains` warps, each
+ceil(groups / chains) of them (the last warp's missing groups are zero words the kernel masks). Word e
 of step i of tile p holds the 8 nibbles lane (e // 4) % 32 of warp e // 128 needs for k-step 4 i + e % 4
 of its chain, in its A fragment's order (mma.m16n8k16: lane (g, t) holds rows g and g + 8 at k 2t, 2t + 1,
 2t + 8, 2t + 9); inside a group, the k-step s columns of lane t are group/4 t + 4 s .. + 3, so that its B
@@ -12,17 +13,19 @@ then -(128 + zero) of both as bf16 (what the kernel adds to 128 + q). Scales are
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import InputError
 from .formats import Int4MmaWeight, Int4Weight, pack_int4, unpack_int4
 
 GROUP_SIZES = (64, 128, 256)              # a group holds at least 4 k-steps of 16: one invocation of the PTX
-CHAINS = (4, 2, 1)                        # warps a tile: the first that divides a weight's groups
+CHAINS = 4                                # warps a tile by default (not yet measured against 1, 2 and 8)
 
 
-def fits(n: int, k: int, group_size: int, chains: int = 1) -> bool:
-    """Whether an (n, k) int4 weight in groups of group_size takes the layout with `chains` warps a tile."""
-    return group_size in GROUP_SIZES and n % 16 == 0 and k % group_size == 0 and (k // group_size) % chains == 0
+def fits(n: int, k: int, group_size: int) -> bool:
+    """Whether an (n, k) int4 weight in groups of group_size takes the layout: rows in tiles of 16, whole
+    groups of at least 4 k-steps."""
+    return group_size in GROUP_SIZES and n % 16 == 0 and k % group_size == 0
 
 
 def lane_columns(P: int, steps: int, chains: int, group_size: int, device) -> tuple:
@@ -53,16 +56,15 @@ def from_bf16_bits(bits: torch.Tensor) -> torch.Tensor:
     return (bits & 0xFFFF).to(torch.int32).to(torch.int16).view(torch.bfloat16)
 
 
-def to_mma(w: Int4Weight, chains: int | None = None) -> Int4MmaWeight:
-    """w in the mma layout with `chains` warps a tile (default: the first of CHAINS that fits)."""
+def to_mma(w: Int4Weight, chains: int = CHAINS) -> Int4MmaWeight:
+    """w in the mma layout with `chains` warps a tile (1, 2, 4 or 8)."""
     (N, K), group = w.shape, w.group_size
-    chains = chains or next((c for c in CHAINS if fits(N, K, group, c)), 1)
-    if not fits(N, K, group, chains):
-        raise InputError(f"the int4 mma layout needs rows in tiles of 16 and whole groups of {GROUP_SIZES} divided "
-                         f"among {chains} warps; got {N}x{K} in groups of {group}")
-    steps = K // 16 // chains                                                      # k-steps a chain
+    if not fits(N, K, group) or chains not in (1, 2, 4, 8):
+        raise InputError(f"the int4 mma layout needs rows in tiles of 16, whole groups of {GROUP_SIZES} and 1, 2, 4 "
+                         f"or 8 warps a tile; got {N}x{K} in groups of {group}, {chains} warps")
+    steps = -(-(K // group) // chains) * group // 16                             # k-steps a chain
     r_lo, r_hi, c0 = lane_columns(N // 16, steps, chains, group, w.q.device)
-    codes = unpack_int4(w.q).to(torch.int64)
+    codes = F.pad(unpack_int4(w.q).to(torch.int64), (0, steps * 16 * chains - K))  # the last chain's missing groups
     words = sum((codes[lo] << (4 * k)) | (codes[hi] << (16 + 4 * k)) for k, (lo, hi) in
                 enumerate(pair_slots(r_lo, r_hi, c0)))
     words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
@@ -77,9 +79,10 @@ def to_mma(w: Int4Weight, chains: int | None = None) -> Int4MmaWeight:
 def to_natural(w: Int4MmaWeight) -> Int4Weight:
     """The Int4Weight an Int4MmaWeight stands for (scales in bf16)."""
     (N, K), group, chains = w.shape, w.group_size, w.words.shape[2] // 128
-    r_lo, r_hi, c0 = lane_columns(N // 16, K // 16 // chains, chains, group, w.words.device)
+    steps = 4 * w.words.shape[1]
+    r_lo, r_hi, c0 = lane_columns(N // 16, steps, chains, group, w.words.device)
     words = w.words.to(torch.int64) & 0xFFFFFFFF
-    codes = torch.empty(N, K, dtype=torch.uint8, device=w.words.device)
+    codes = torch.empty(N, steps * 16 * chains, dtype=torch.uint8, device=w.words.device)
     for k, (lo, hi) in enumerate(pair_slots(r_lo, r_hi, c0)):
         codes[lo] = ((words >> (4 * k)) & 15).to(torch.uint8)
         codes[hi] = ((words >> (16 + 4 * k)) & 15).to(torch.uint8)
@@ -89,7 +92,7 @@ def to_natural(w: Int4MmaWeight) -> Int4Weight:
         return torch.cat([lo.transpose(1, 2), hi.transpose(1, 2)], dim=1).reshape(N, -1)
     scale = rows_of(w.records)
     zero = (-rows_of(w.records >> 32).float() - 128.0).round().to(torch.uint8)
-    return Int4Weight(pack_int4(codes), scale, zero)
+    return Int4Weight(pack_int4(codes[:, :K]), scale, zero)
 
 
 def for_mma(params: dict) -> dict:

@@ -28,16 +28,17 @@ def int4_weight(g: torch.Generator, n: int, k: int, group: int) -> Int4Weight:
 
 
 @given(seeds(), st.integers(1, 8), st.integers(1, 2), st.sampled_from(GROUP_SIZES),
-       st.sampled_from([1, 2, 4]), st.integers(1, 2))
-def test_int4_mma_matches_the_dequantised_product(seed, m, tiles, group, chains, groups_a_chain):
+       st.sampled_from([1, 2, 4, 8]), st.integers(1, 5))
+def test_int4_mma_matches_the_dequantised_product(seed, m, tiles, group, chains, groups):
     """1-8 rows of x (every column of the mma's B, unused ones masked), 1-2 tiles of 16 rows, every group
-    size, 1-4 chains a tile with one or two groups each."""
+    size, 1-8 chains a tile over 1-5 groups (the last chains' missing groups masked)."""
     g = torch.Generator().manual_seed(seed)
-    n, k = 16 * tiles, group * chains * groups_a_chain
+    n, k = 16 * tiles, group * groups
     w = int4_weight(g, n, k, group)
     x = torch.randn(m, k, generator=g).bfloat16()
     m4 = to_mma(Int4Weight(*(f.to(DEVICE) for f in w)), chains)
-    assert m4.words.shape == (tiles, k // 64 // chains, 128 * chains) and m4.words.dtype == torch.int32
+    assert m4.words.shape == (tiles, -(-groups // chains) * group // 64, 128 * chains)
+    assert m4.words.dtype == torch.int32 and m4.shape == (n, k) and m4.group_size == group
     assert m4.records.shape == (tiles, k // group, 8) and m4.records.dtype == torch.int64
     out = int4_mma.int4_mma_launch(x.to(DEVICE), m4.words, m4.records, group)
     check(out, x.to(DEVICE), Int4Weight(*(f.to(DEVICE) for f in w)))

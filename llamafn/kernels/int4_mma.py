@@ -13,14 +13,18 @@ at group 128 (`python scripts/sass_mix.py --kernel int4-mma`) against 3.6-3.7 fo
 CUDA-core GEMV (llamafn.kernels.quant_gemv), which is bound by instruction issue.
 
 A program is one 16-row tile of the weight; its NW warps (chains) split the groups of K between them,
-ceil(G / NW) each (loads past the last group masked), and add their partial sums at the end. Element e of the program's (NW * 128,) tensors is register e % 4 of
-lane (e // 4) % 32 of warp e // 128: Triton's layout for a contiguous 1-D int32 load read 16 bytes a
-thread, which the words' order assumes. The interpreter cannot run PTX, so under `TRITON_INTERPRET=1`
+ceil(G / NW) each (loads past the last group masked), and add their partial sums at the end. With
+PREFETCH (group 128) a warp loads group i + 1 before it multiplies group i; in the SASS ptxas places those
+loads after the group's HMMAs, so they overlap the scaling and the loop's bookkeeping only.
+
+Element e of the program's (NW * 128,) tensors is register e % 4 of lane (e // 4) % 32 of warp e // 128:
+Triton's layout for a contiguous 1-D int32 load read 16 bytes a thread, which the words' order assumes
+(the TTGIR of the sm_90 compile shows it). The interpreter cannot run PTX, so under `TRITON_INTERPRET=1`
 (ASM=False) the kernel computes what the fragments multiply, element by element, in fp32: the words'
 order, the addresses and the reduction are tested on the CPU, the PTX on a GPU.
 
-Not yet measured on a GPU (the prototype compiled for sm_90 on the CPU only); llamafn does not use it
-until it is.
+Not yet run on a GPU (compiled for sm_90 on a CPU only): `llamafn generate` does not use it until it is
+measured (probes/next_mma.sh).
 """
 
 from __future__ import annotations
@@ -81,8 +85,19 @@ if triton is not None:
         return lo * bf16_at(rec, 0)[:, None], hi * bf16_at(rec, 16)[:, None]
 
     @triton.jit
+    def group_inputs(words_at, x_at, rec_at, x_ok, gi, w, GPC, G, E: tl.constexpr):
+        """Group gi of a chain at 128 columns (two steps of 4 k-steps): both steps' words and x quads, and the
+        record; a group past G (the last chains' padding) reads no x and a zero record."""
+        real = w * GPC + gi < G
+        words0 = tl.load(words_at + (2 * gi) * E)
+        words1 = tl.load(words_at + (2 * gi + 1) * E)
+        x0 = tl.load(x_at + gi * 32, mask=x_ok & real, other=0)
+        x1 = tl.load(x_at + gi * 32 + 4, mask=x_ok & real, other=0)
+        return words0, words1, x0, x1, tl.load(rec_at + gi * 8, mask=real, other=0)
+
+    @triton.jit
     def int4_mma_kernel(x_ptr, w_ptr, r_ptr, out_ptr, M, G, GPC, stride_xm, stride_om,
-                        NW: tl.constexpr, S: tl.constexpr, ASM: tl.constexpr):
+                        NW: tl.constexpr, S: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr):
         """x_ptr: x (M, K) bf16 read as int64 quads (row stride stride_xm quads); w_ptr: words (P, GPC * S / 4,
         NW * 128) int32; r_ptr: records (P, G, 8) int64; out_ptr: (M, 16 P). S = k-steps a group (group
         size / 16); chain w takes groups [w GPC, (w + 1) GPC), those past G masked (zero words, no x)."""
@@ -97,14 +112,24 @@ if triton is not None:
         if ASM:
             acc = tl.zeros((E,), dtype=tl.float32)
             x_at = x_ptr + tl.minimum(g, M - 1) * stride_xm + quad                  # B column n = row n of x
-            for gi in range(GPC):
-                real = w * GPC + gi < G
-                rec = tl.load(rec_at + gi * 8, mask=real, other=0)
-                for h in tl.static_range(S // 4):
-                    words = tl.load(words_at + (gi * (S // 4) + h) * E)
-                    xq = tl.load(x_at + gi * (4 * S) + 4 * h, mask=(g < M) & real, other=0)
-                    acc = tl.inline_asm_elementwise(MMA4, MMA4_CONSTRAINTS, [words, xq, rec, acc],
+            if PREFETCH:                                                          # group 128: the next group's
+                w0, w1, x0, x1, rec = group_inputs(words_at, x_at, rec_at, g < M, 0, w, GPC, G, E)   # loads in flight
+                for gi in range(GPC):
+                    ahead = group_inputs(words_at, x_at, rec_at, g < M, tl.minimum(gi + 1, GPC - 1), w, GPC, G, E)
+                    acc = tl.inline_asm_elementwise(MMA4, MMA4_CONSTRAINTS, [w0, x0, rec, acc],
                                                     dtype=tl.float32, is_pure=True, pack=4)
+                    acc = tl.inline_asm_elementwise(MMA4, MMA4_CONSTRAINTS, [w1, x1, rec, acc],
+                                                    dtype=tl.float32, is_pure=True, pack=4)
+                    w0, w1, x0, x1, rec = ahead
+            else:
+                for gi in range(GPC):
+                    real = w * GPC + gi < G
+                    rec = tl.load(rec_at + gi * 8, mask=real, other=0)
+                    for h in tl.static_range(S // 4):
+                        words = tl.load(words_at + (gi * (S // 4) + h) * E)
+                        xq = tl.load(x_at + gi * (4 * S) + 4 * h, mask=(g < M) & real, other=0)
+                        acc = tl.inline_asm_elementwise(MMA4, MMA4_CONSTRAINTS, [words, xq, rec, acc],
+                                                        dtype=tl.float32, is_pure=True, pack=4)
             per_lane = tl.sum(tl.reshape(acc, (NW, 8, 4, 4)), axis=0)            # (g, t, j)
             r3 = tl.arange(0, 8)[:, None, None]
             t3 = tl.arange(0, 4)[None, :, None]
@@ -135,9 +160,14 @@ if triton is not None:
                      mask=n[None, :] < M)
 
 
-def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int) -> torch.Tensor:
-    """x (M, K) bf16, M <= 8, a weight in the mma layout (llamafn.quant.mma) -> x @ w^T (M, N) bf16."""
+def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int,
+                    prefetch: bool = False) -> torch.Tensor:
+    """x (M, K) bf16, M <= 8, a weight in the mma layout (llamafn.quant.mma) -> x @ w^T (M, N) bf16.
+    `prefetch` (group 128): each warp loads group i + 1 before it multiplies group i (two groups of loads in
+    flight)."""
     M, K = x.shape
+    if prefetch and group_size != 128:
+        raise InputError(f"int4_mma's prefetch is written for groups of 128, got {group_size}")
     if M > MAX_ROWS or x.dtype != torch.bfloat16 or K % 4:
         raise InputError(f"int4_mma takes 1-{MAX_ROWS} bf16 rows with K a multiple of 4, got {tuple(x.shape)} "
                          f"{x.dtype}")
@@ -145,13 +175,14 @@ def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor,
     quads = x.contiguous().view(torch.int64)
     out = torch.empty(M, 16 * P, dtype=torch.bfloat16, device=x.device)
     launcher(int4_mma_kernel)[(P,)](quads, words, records, out, M, G, -(-G // chains), quads.stride(0), out.stride(0),
-                                     NW=chains, S=group_size // 16, ASM=not INTERPRET,
+                                     NW=chains, S=group_size // 16, ASM=not INTERPRET, PREFETCH=prefetch,
                                      **({} if INTERPRET else {"num_warps": chains}))
     return out
 
 
 if triton is not None:
     @torch.library.triton_op("llamafn::int4_mma", mutates_args=())
-    def int4_mma(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int) -> torch.Tensor:
+    def int4_mma(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int,
+                 prefetch: bool = False) -> torch.Tensor:
         """x (M <= 8, K) bf16 @ an int4 weight in the mma layout (Int4MmaWeight)^T -> (M, N), on the GPU."""
-        return int4_mma_launch(x, words, records, group_size)
+        return int4_mma_launch(x, words, records, group_size, prefetch)

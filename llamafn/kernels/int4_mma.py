@@ -29,6 +29,8 @@ measured (probes/next_mma.sh).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..errors import InputError
@@ -83,6 +85,15 @@ if triton is not None:
         hi = ((nibble(words, 4) + 128.0 + zg8)[:, None] * x0 + (nibble(words, 20) + 128.0 + zg8)[:, None] * x1
               + (nibble(words, 12) + 128.0 + zg8)[:, None] * x2 + (nibble(words, 28) + 128.0 + zg8)[:, None] * x3)
         return lo * bf16_at(rec, 0)[:, None], hi * bf16_at(rec, 16)[:, None]
+
+    @triton.jit
+    def lane_probe_kernel(w_ptr, out_ptr, NW: tl.constexpr):
+        """Which thread holds element e of a (NW * 128,) int32 load shaped like the GEMV's words: out[e] =
+        threadIdx.x, from PTX."""
+        e = tl.arange(0, NW * 128)
+        words = tl.load(w_ptr + e)
+        tid = tl.inline_asm_elementwise("mov.u32 $0, %tid.x;", "=r,r", [words], dtype=tl.int32, is_pure=True, pack=1)
+        tl.store(out_ptr + e, tid)
 
     @triton.jit
     def group_inputs(words_at, x_at, rec_at, x_ok, gi, w, GPC, G, E: tl.constexpr):
@@ -158,6 +169,20 @@ if triton is not None:
             tl.store(out_ptr + cols + rows, tl.sum(lo_g, axis=0).to(out_ptr.dtype.element_ty), mask=n[None, :] < M)
             tl.store(out_ptr + cols + rows + 8, tl.sum(hi_g, axis=0).to(out_ptr.dtype.element_ty),
                      mask=n[None, :] < M)
+
+
+@functools.cache
+def check_layout(device: torch.device, chains: int) -> None:
+    """Raise InputError unless this Triton gives thread e // 4 the elements e of the words' tensors on
+    `device` (the order the words are shuffled into; a Triton whose layouts differ would multiply the
+    wrong fragments)."""
+    E = 128 * chains
+    words = torch.zeros(E, dtype=torch.int32, device=device)
+    threads = torch.empty(E, dtype=torch.int32, device=device)
+    lane_probe_kernel[(1,)](words, threads, NW=chains, num_warps=chains)
+    if not torch.equal(threads.cpu(), torch.arange(E, dtype=torch.int32) // 4):
+        raise InputError(f"int4_mma: Triton {triton.__version__} lays out a ({E},) load across threads otherwise than "
+                         f"the mma layout assumes (thread e // 4 holds element e); use the int4 gemv layout instead")
 
 
 def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..kernels.int4_mma import check_layout
 from .formats import Int4MmaWeight, Int4Weight, pack_int4, unpack_int4
 
 GROUP_SIZES = (64, 128, 256)              # a group holds at least 4 k-steps of 16: one invocation of the PTX
@@ -62,6 +63,8 @@ def to_mma(w: Int4Weight, chains: int = CHAINS) -> Int4MmaWeight:
     if not fits(N, K, group) or chains not in (1, 2, 4, 8):
         raise InputError(f"the int4 mma layout needs rows in tiles of 16, whole groups of {GROUP_SIZES} and 1, 2, 4 "
                          f"or 8 warps a tile; got {N}x{K} in groups of {group}, {chains} warps")
+    if w.q.is_cuda:
+        check_layout(w.q.device, chains)
     steps = -(-(K // group) // chains) * group // 16                             # k-steps a chain
     r_lo, r_hi, c0 = lane_columns(N // 16, steps, chains, group, w.q.device)
     codes = F.pad(unpack_int4(w.q).to(torch.int64), (0, steps * 16 * chains - K))  # the last chain's missing groups

@@ -54,3 +54,9 @@ def test_the_kernel_refuses_rows_it_cannot_take():
         int4_mma.int4_mma_launch(torch.zeros(1, 128), w.words, w.records, 64)
     with pytest.raises(InputError, match="groups of 128"):
         int4_mma.int4_mma_launch(torch.zeros(1, 128, dtype=torch.bfloat16), w.words, w.records, 64, prefetch=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the layout check runs PTX on a GPU")
+@pytest.mark.parametrize("chains", [1, 2, 4, 8])
+def test_this_triton_lays_out_the_words_as_the_shuffle_assumes(chains):
+    int4_mma.check_layout(torch.device("cuda"), chains)

@@ -197,7 +197,9 @@ def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor,
         raise InputError(f"int4_mma takes 1-{MAX_ROWS} bf16 rows with K a multiple of 4, got {tuple(x.shape)} "
                          f"{x.dtype}")
     P, chains, G = records.shape[0], words.shape[2] // 128, records.shape[1]
-    quads = x.contiguous().view(torch.int64)
+    if not x.is_contiguous() or x.storage_offset() % 4 or x.stride(0) % 4:
+        x = x.clone(memory_format=torch.contiguous_format)
+    quads = x.view(torch.int64)                                                    # (M, K/4) 8-byte quads of x
     out = torch.empty(M, 16 * P, dtype=torch.bfloat16, device=x.device)
     launcher(int4_mma_kernel)[(P,)](quads, words, records, out, M, G, -(-G // chains), quads.stride(0), out.stride(0),
                                      NW=chains, S=group_size // 16, ASM=not INTERPRET, PREFETCH=prefetch,

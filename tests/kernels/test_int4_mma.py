@@ -60,3 +60,15 @@ def test_the_kernel_refuses_rows_it_cannot_take():
 @pytest.mark.parametrize("chains", [1, 2, 4, 8])
 def test_this_triton_lays_out_the_words_as_the_shuffle_assumes(chains):
     int4_mma.check_layout(torch.device("cuda"), chains)
+
+
+def test_rows_that_start_off_an_8_byte_boundary_are_read_as_quads():
+    """A row view whose storage starts 2 bytes in (x[:, 1:] of a wider buffer) is copied before the int64
+    view of its quads."""
+    g = torch.Generator().manual_seed(0)
+    w = Int4Weight(pack_int4(torch.randint(0, 16, (16, 128), generator=g)), torch.rand(16, 2, generator=g).bfloat16(),
+                   torch.randint(0, 16, (16, 2), generator=g).to(torch.uint8))
+    w = Int4Weight(*(f.to(DEVICE) for f in w))
+    x = torch.randn(1, 129, generator=g).bfloat16().to(DEVICE)[:, 1:]
+    m4 = to_mma(w, 2)
+    check(int4_mma.int4_mma_launch(x, m4.words, m4.records, 64), x, w)

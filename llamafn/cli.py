@@ -177,9 +177,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.format == "native":
         checkpoint.save(args.dst, params, cfg, tokenizer=tokenizer, overwrite=args.overwrite)
     elif args.format == "hf":
-        checkpoint.save_hf(args.dst, params, cfg, overwrite=args.overwrite)
+        checkpoint.save_hf(args.dst, params, cfg, tokenizer=tokenizer, overwrite=args.overwrite)
     elif args.format == "meta":
-        checkpoint.save_meta(args.dst, params, cfg, n_shards=args.shards, overwrite=args.overwrite)
+        checkpoint.save_meta(args.dst, params, cfg, n_shards=args.shards, tokenizer=tokenizer, overwrite=args.overwrite)
     else:
         checkpoint.save_llama2c(args.dst, params, cfg, version=1, overwrite=args.overwrite)
     scheme = f", {args.quantize}" + (f" g{args.group_size}" if args.quantize == "int4" else "") if args.quantize else ""

@@ -50,6 +50,20 @@ def test_info_and_convert(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_every_folder_format_carries_the_tokenizer_and_generates_the_same_text(tmp_path, capsys):
+    """`convert` to the Hugging Face and Meta layouts copies tokenizer.model next to the weights, as the
+    native format does, so `generate --model` runs on the result and greedy decoding gives the same text."""
+    prompt = ["--temperature", "0", "--max-new-tokens", "8", "def add(a, b):"]
+    assert main(["generate", "--model", "target", *prompt]) == 0
+    expected = capsys.readouterr().out
+    for fmt in ("hf", "meta"):
+        assert main(["convert", "target", str(tmp_path / fmt), "--format", fmt]) == 0
+        assert (tmp_path / fmt / "tokenizer.model").is_file()
+        capsys.readouterr()
+        assert main(["generate", "--model", str(tmp_path / fmt), *prompt]) == 0
+        assert capsys.readouterr().out == expected
+
+
 def test_convert_quantize_then_generate(tmp_path, capsys):
     """`convert --quantize` writes a native int4 checkpoint that `info` reports and `generate` runs;
     exporting it to another format writes its dequantized weights; bad requests are one-line errors."""

@@ -18,6 +18,7 @@ import torch
 from . import checkpoint, quant
 from .config import cards_dir
 from .decode import check_prompts, generate
+from .decode.speculative import check_k
 from .errors import InputError, LlamafnError, TokenizerError
 from .kernels import backends
 from .kernels.runtime import require_triton
@@ -77,11 +78,25 @@ def resolve_model(name: str | None) -> Path:
     raise InputError(f"{name}: no such checkpoint, nor a shipped model (shipped: {known})")
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    model = resolve_model(args.model)
-    checkpoint.detect_format(model)
+def check_generate_flags(args: argparse.Namespace) -> None:
+    """Refuse values and combinations of `generate`'s flags that cannot run, before any weight is read or
+    any text printed."""
     sampling_params(1, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                     repetition_penalty=args.repetition_penalty)
+    if args.beams < 1:
+        raise InputError(f"--beams must be >= 1, got {args.beams}")
+    if args.beams > 1 and (args.json_schema or args.regex or args.speculative or args.compile):
+        raise InputError("--beams runs alone: not with --json-schema, --regex, --speculative or --compile")
+    if args.beams < 2 and (args.force or args.diverse_groups != 1):
+        raise InputError("--force and --diverse-groups need --beams N (N > 1): they are beam searches")
+    if args.speculative:
+        check_k(args.k)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    check_generate_flags(args)
+    model = resolve_model(args.model)
+    checkpoint.detect_format(model)
     device = check_device(args.device) if args.device else default_device()
     if args.attention == "triton":
         require_triton(device, "--attention triton")
@@ -120,11 +135,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             except OSError as e:
                 raise InputError(f"--json-schema {args.json_schema}: cannot read it ({e.strerror})") from None
         constraints.append(Grammar(tok, json_schema=schema, regex=args.regex))
-    if args.force and args.beams < 2:
-        raise InputError("--force needs --beams N (N > 1): it is constrained beam search")
     if args.beams > 1:
-        if constraints or args.speculative or args.compile:
-            raise InputError("--beams runs alone: not with --json-schema, --regex, --speculative or --compile")
         best = generate(params, cfg, [prompt], max_new, num_beams=args.beams, num_beam_groups=args.diverse_groups,
                         diversity_penalty=args.diversity_penalty, stop_tokens=tok.stop_tokens, attention=args.attention,
                         force_phrases=[tok.encode(text, bos=False) for text in args.force], kv_dtype=kv_dtype)

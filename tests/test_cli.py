@@ -113,6 +113,20 @@ def test_triton_kernels_without_a_gpu_are_refused_before_any_output():
     assert "--attention triton needs a CUDA GPU" in result.stderr
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--beams", "0"], "--beams must be >= 1, got 0"),
+    (["--diverse-groups", "2"], "--force and --diverse-groups need --beams N"),
+    (["--force", "x"], "--force and --diverse-groups need --beams N"),
+    (["--beams", "2", "--regex", "a+"], "--beams runs alone"),
+    (["--speculative", "lookup", "--k", "17"], "k (draft tokens a step) must be in 1..16, got 17"),
+    (["--regex", "([a-"], 'invalid regex "([a-" (in regex): regex parse error: unclosed character class'),
+])
+def test_flags_that_cannot_run_are_refused_in_one_line_before_any_output(flags, message, capsys):
+    assert main(["generate", *flags, "--max-new-tokens", "4", "def f():"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and message in err
+
+
 @pytest.mark.parametrize("device, message", [
     ("gpu", "--device 'gpu' is not a device"),
     ("cuda:64", "--device cuda:64: "),

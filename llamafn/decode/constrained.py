@@ -23,6 +23,14 @@ from ..errors import InputError
 from ..tokenizer import Tokenizer
 
 
+
+def one_line(error: str) -> str:
+    """llguidance's multi-line parse error as one line: its first line and its `error:` lines (the echoed
+    source and carets dropped)."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    reasons = [line[len("error:"):].strip() for line in lines[1:] if line.startswith("error:")]
+    return " ".join([lines[0]] + reasons) if lines else error
+
 class Constraint(Protocol):
     """What the driver needs of a constraint: start on the prompts, say what may come next, hear what came."""
 
@@ -96,7 +104,7 @@ class Grammar:
                                                 n_vocab=tokenizer.vocab_size, eos_token=list(tokenizer.stop_tokens))
         error = llguidance.LLMatcher.validate_grammar(grammar, self.tokenizer)
         if error:
-            raise InputError(f"invalid grammar: {error}")
+            raise InputError(f"invalid grammar: {one_line(error)}")
         self.grammar, self._llg = grammar, llguidance
 
     def begin(self, prompts: Sequence[Sequence[int]]) -> None:

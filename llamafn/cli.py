@@ -27,6 +27,8 @@ from .sampling import sampling_params
 from .tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEFAULT_K = 4                   # tokens proposed a speculative step
+DEFAULT_GROUP_SIZE = 128        # int4
 
 
 def find_tokenizer(model: Path) -> Path:
@@ -90,7 +92,21 @@ def check_generate_flags(args: argparse.Namespace) -> None:
     if args.beams < 2 and (args.force or args.diverse_groups != 1):
         raise InputError("--force and --diverse-groups need --beams N (N > 1): they are beam searches")
     if args.speculative:
-        check_k(args.k)
+        check_k(speculative_k(args))
+    elif args.k is not None or args.adaptive_k or args.draft_model:
+        raise InputError("--k, --adaptive-k and --draft-model configure --speculative")
+    if args.speculative == "lookup" and args.draft_model:
+        raise InputError("--draft-model is for --speculative draft (lookup proposes from the prompt)")
+    check_group_size_flag(args)
+
+
+def check_group_size_flag(args: argparse.Namespace) -> None:
+    if args.group_size is not None and args.quantize != "int4":
+        raise InputError("--group-size applies to --quantize int4 only")
+
+
+def speculative_k(args: argparse.Namespace) -> int:
+    return DEFAULT_K if args.k is None else args.k
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -102,8 +118,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         require_triton(device, "--attention triton")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     tok = Tokenizer(args.tokenizer or find_tokenizer(model))
-    params, cfg = checkpoint.load(model, dtype=dtype, device=device, quantize=args.quantize, group_size=args.group_size)
-    rows_a_step = args.beams if args.beams > 1 else args.k + 1 if args.speculative else 1
+    params, cfg = checkpoint.load(model, dtype=dtype, device=device, quantize=args.quantize,
+                                  group_size=args.group_size or DEFAULT_GROUP_SIZE)
+    k = speculative_k(args)
+    rows_a_step = args.beams if args.beams > 1 else k + 1 if args.speculative else 1
     if (rows_a_step <= quant.tinygemm.FASTER_UP_TO_ROWS and device.startswith("cuda")
             and quant.tinygemm.available(torch.device(device)) and not (rows_a_step == 1 and dtype == torch.bfloat16)):
         params = quant.for_tinygemm(params)             # 2-4 rows a step (or not bf16): tinygemm is the faster int4
@@ -152,7 +170,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     generate(params, cfg, [prompt], max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
              min_p=args.min_p, repetition_penalty=args.repetition_penalty, stop_tokens=tok.stop_tokens,
              generator=generator, on_token=on_token, attention=args.attention, sync_every=1, compile=args.compile,
-             speculative=args.speculative, draft=draft, k=args.k, adaptive_k=args.adaptive_k, constraints=constraints,
+             speculative=args.speculative, draft=draft, k=k, adaptive_k=args.adaptive_k, constraints=constraints,
              kv_dtype=kv_dtype)
     sys.stdout.write(decoder.flush() + "\n")
     return 0
@@ -176,8 +194,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     src = resolve_model(args.src)
     if args.quantize and args.format != "native":
         raise InputError(f"--quantize writes the native format only (got --format {args.format})")
+    check_group_size_flag(args)
+    if args.quantize_head and not args.quantize:
+        raise InputError("--quantize-head applies with --quantize")
+    group_size = args.group_size or DEFAULT_GROUP_SIZE
     params, cfg = checkpoint.load(src, dtype=DTYPES[args.dtype] if args.dtype else None, quantize=args.quantize,
-                                  group_size=args.group_size, quantize_head=args.quantize_head)
+                                  group_size=group_size, quantize_head=args.quantize_head)
     try:
         tokenizer = find_tokenizer(src)
     except TokenizerError:
@@ -193,7 +215,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         checkpoint.save_meta(args.dst, params, cfg, n_shards=args.shards, tokenizer=tokenizer, overwrite=args.overwrite)
     else:
         checkpoint.save_llama2c(args.dst, params, cfg, version=1, overwrite=args.overwrite)
-    scheme = f", {args.quantize}" + (f" g{args.group_size}" if args.quantize == "int4" else "") if args.quantize else ""
+    scheme = f", {args.quantize}" + (f" g{group_size}" if args.quantize == "int4" else "") if args.quantize else ""
     print(f"wrote {args.dst} ({args.format}{scheme}, {n_params(cfg):,} parameters)")
     return 0
 
@@ -225,7 +247,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
     g.add_argument("--quantize", choices=quant.SCHEMES, help="quantize the layer matrices while loading "
                    "(weight-only; int8 per channel, int4 in groups)")
-    g.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 or 256 (default 128)")
+    g.add_argument("--group-size", type=int, help="int4 group size: 32, 64, 128 or 256 (default 128)")
     g.add_argument("--attention", default="sdpa", choices=backends("attention"), help="attention backend")
     g.add_argument("--kv-cache", choices=("int8",), help="store the KV cache as int8 with a scale per token and "
                    "head (half the bytes of bf16; default: the weights' dtype)")
@@ -234,7 +256,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--speculative", choices=("draft", "lookup"),
                    help="speculative decoding with a draft model or by prompt lookup (same output distribution)")
     g.add_argument("--draft-model", help="the draft checkpoint for --speculative draft (default: the shipped draft)")
-    g.add_argument("--k", type=int, default=4, help="tokens proposed per speculative step (default 4)")
+    g.add_argument("--k", type=int, help=f"tokens proposed per speculative step (default {DEFAULT_K})")
     g.add_argument("--adaptive-k", action="store_true", help="vary the proposals a step between 1 and --k")
     g.add_argument("--json-schema", help="a JSON Schema file the output must follow (compact JSON)")
     g.add_argument("--regex", help="a regular expression the output must match in full")
@@ -258,7 +280,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     c.add_argument("--quantize", choices=quant.SCHEMES, help="weight-only quantization of the layer matrices "
                    "(int8: per-channel; int4: groups with scale and zero point); native format only")
-    c.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 or 256 (default 128)")
+    c.add_argument("--group-size", type=int, help="int4 group size: 32, 64, 128 or 256 (default 128)")
     c.add_argument("--quantize-head", action="store_true", help="quantize the output head too (default: keep it)")
     c.set_defaults(run=cmd_convert)
 

@@ -81,6 +81,8 @@ def test_convert_quantize_then_generate(tmp_path, capsys):
     assert "native format only" in capsys.readouterr().err
     assert main(["convert", "target", str(tmp_path / "y"), "--quantize", "int4", "--group-size", "48"]) == 1
     assert "group_size must be one of" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    assert main(["convert", "target", str(tmp_path / "y"), "--quantize-head"]) == 1
+    assert "--quantize-head applies with --quantize" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -120,6 +122,9 @@ def test_triton_kernels_without_a_gpu_are_refused_before_any_output():
     (["--beams", "2", "--regex", "a+"], "--beams runs alone"),
     (["--speculative", "lookup", "--k", "17"], "k (draft tokens a step) must be in 1..16, got 17"),
     (["--regex", "([a-"], 'invalid regex "([a-" (in regex): regex parse error: unclosed character class'),
+    (["--k", "3"], "--k, --adaptive-k and --draft-model configure --speculative"),
+    (["--speculative", "lookup", "--draft-model", "draft"], "--draft-model is for --speculative draft"),
+    (["--quantize", "int8", "--group-size", "64"], "--group-size applies to --quantize int4 only"),
 ])
 def test_flags_that_cannot_run_are_refused_in_one_line_before_any_output(flags, message, capsys):
     assert main(["generate", *flags, "--max-new-tokens", "4", "def f():"]) == 1

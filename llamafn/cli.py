@@ -105,6 +105,10 @@ def check_group_size_flag(args: argparse.Namespace) -> None:
         raise InputError("--group-size applies to --quantize int4 only")
 
 
+def int4_group_size(args: argparse.Namespace) -> int:
+    return DEFAULT_GROUP_SIZE if args.group_size is None else args.group_size
+
+
 def speculative_k(args: argparse.Namespace) -> int:
     return DEFAULT_K if args.k is None else args.k
 
@@ -119,7 +123,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     tok = Tokenizer(args.tokenizer or find_tokenizer(model))
     params, cfg = checkpoint.load(model, dtype=dtype, device=device, quantize=args.quantize,
-                                  group_size=args.group_size or DEFAULT_GROUP_SIZE)
+                                  group_size=int4_group_size(args))
     k = speculative_k(args)
     rows_a_step = args.beams if args.beams > 1 else k + 1 if args.speculative else 1
     if (rows_a_step <= quant.tinygemm.FASTER_UP_TO_ROWS and device.startswith("cuda")
@@ -197,7 +201,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     check_group_size_flag(args)
     if args.quantize_head and not args.quantize:
         raise InputError("--quantize-head applies with --quantize")
-    group_size = args.group_size or DEFAULT_GROUP_SIZE
+    group_size = int4_group_size(args)
     params, cfg = checkpoint.load(src, dtype=DTYPES[args.dtype] if args.dtype else None, quantize=args.quantize,
                                   group_size=group_size, quantize_head=args.quantize_head)
     try:

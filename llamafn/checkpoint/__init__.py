@@ -40,8 +40,10 @@ def detect_format(path: str | Path) -> str:
 
 def float_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     """A floating torch dtype, given as one or by its name ("bfloat16"); None stays None (as stored)."""
+    if dtype is None:
+        return None
     named = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
-    if (named is not None or dtype is not None) and not (isinstance(named, torch.dtype) and named.is_floating_point):
+    if not (isinstance(named, torch.dtype) and named.is_floating_point):
         raise InputError(f"dtype must be a floating torch dtype or its name (e.g. torch.bfloat16, 'float16'), "
                          f"got {dtype!r}")
     return named

@@ -201,6 +201,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     check_group_size_flag(args)
     if args.quantize_head and not args.quantize:
         raise InputError("--quantize-head applies with --quantize")
+    if args.shards != 1 and args.format != "meta":
+        raise InputError("--shards applies to --format meta (Meta's model-parallel files)")
     group_size = int4_group_size(args)
     params, cfg = checkpoint.load(src, dtype=DTYPES[args.dtype] if args.dtype else None, quantize=args.quantize,
                                   group_size=group_size, quantize_head=args.quantize_head)

@@ -83,6 +83,8 @@ def test_convert_quantize_then_generate(tmp_path, capsys):
     assert "group_size must be one of" in capsys.readouterr().err and not (tmp_path / "y").exists()
     assert main(["convert", "target", str(tmp_path / "y"), "--quantize-head"]) == 1
     assert "--quantize-head applies with --quantize" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    assert main(["convert", "target", str(tmp_path / "y"), "--shards", "2"]) == 1
+    assert "--shards applies to --format meta" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -66,6 +66,9 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
     if constraints:
         sync_every = 1
         for c in constraints:
+            if c.vocab_size > cfg.vocab_size:
+                raise InputError(f"a constraint covers {c.vocab_size} token ids, more than the model's vocabulary of "
+                                 f"{cfg.vocab_size}")
             c.begin(prompts)
     if speculative is not None:
         yield from spec.run(params, cfg, prompts, max_new_tokens, sp, stops, generator, attention,
@@ -94,9 +97,10 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
         """The constraints' joint mask of next tokens, or None; a live row with no token left is an error."""
         if not constraints:
             return None
-        allowed = constraints[0].mask()
-        for c in constraints[1:]:
-            allowed = allowed & c.mask()
+        allowed = torch.ones(B, cfg.vocab_size, dtype=torch.bool)
+        for c in constraints:
+            allowed[:, :c.vocab_size] &= c.mask()
+            allowed[:, c.vocab_size:] = False                                     # ids the constraint does not know
         for row in range(B):
             if not done[row] and not bool(allowed[row].any()):
                 raise InputError(f"row {row}: no token satisfies the constraints (they cannot be met)")

@@ -80,6 +80,14 @@ def with_lengths(cache: KVCache, lengths: torch.Tensor) -> KVCache:
     return KVCache(k=cache.k, v=cache.v, lengths=lengths, k_scale=cache.k_scale, v_scale=cache.v_scale)
 
 
+def check_fits(cache: KVCache, cfg: ModelConfig) -> None:
+    """Raise InputError unless the cache was made for a model of cfg's shape (layers, KV heads, head dim)."""
+    made = (len(cache.k), cache.k[0].shape[1], cache.k[0].shape[3]) if cache.k else (0, None, None)
+    if made != (cfg.n_layers, cfg.n_kv_heads, cfg.head_dim):
+        raise InputError(f"the cache is for {made[0]} layers of {made[1]} KV heads of dim {made[2]}, the model has "
+                         f"{cfg.n_layers} layers of {cfg.n_kv_heads} KV heads of dim {cfg.head_dim}")
+
+
 def batch_size(cache: KVCache) -> int:
     return cache.lengths.shape[0]
 

@@ -18,6 +18,7 @@ import torch
 from . import checkpoint, quant
 from .config import cards_dir
 from .decode import check_prompts, generate
+from .decode.speculative import check_k
 from .errors import InputError, LlamafnError, TokenizerError
 from .kernels import backends
 from .kernels.runtime import require_triton
@@ -26,6 +27,8 @@ from .sampling import sampling_params
 from .tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEFAULT_K = 4                   # tokens proposed a speculative step
+DEFAULT_GROUP_SIZE = 128        # int4
 
 
 def find_tokenizer(model: Path) -> Path:
@@ -77,18 +80,52 @@ def resolve_model(name: str | None) -> Path:
     raise InputError(f"{name}: no such checkpoint, nor a shipped model (shipped: {known})")
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    model = resolve_model(args.model)
-    checkpoint.detect_format(model)
+def check_generate_flags(args: argparse.Namespace) -> None:
+    """Refuse values and combinations of `generate`'s flags that cannot run, before any weight is read or
+    any text printed."""
     sampling_params(1, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                     repetition_penalty=args.repetition_penalty)
+    if args.beams < 1:
+        raise InputError(f"--beams must be >= 1, got {args.beams}")
+    if args.beams > 1 and (args.json_schema or args.regex or args.speculative or args.compile):
+        raise InputError("--beams runs alone: not with --json-schema, --regex, --speculative or --compile")
+    if args.beams < 2 and (args.force or args.diverse_groups != 1):
+        raise InputError("--force and --diverse-groups need --beams N (N > 1): they are beam searches")
+    if args.speculative:
+        check_k(speculative_k(args))
+    elif args.k is not None or args.adaptive_k or args.draft_model:
+        raise InputError("--k, --adaptive-k and --draft-model configure --speculative")
+    if args.speculative == "lookup" and args.draft_model:
+        raise InputError("--draft-model is for --speculative draft (lookup proposes from the prompt)")
+    check_group_size_flag(args)
+
+
+def check_group_size_flag(args: argparse.Namespace) -> None:
+    if args.group_size is not None and args.quantize != "int4":
+        raise InputError("--group-size applies to --quantize int4 only")
+
+
+def int4_group_size(args: argparse.Namespace) -> int:
+    return DEFAULT_GROUP_SIZE if args.group_size is None else args.group_size
+
+
+def speculative_k(args: argparse.Namespace) -> int:
+    return DEFAULT_K if args.k is None else args.k
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    check_generate_flags(args)
+    model = resolve_model(args.model)
+    checkpoint.detect_format(model)
     device = check_device(args.device) if args.device else default_device()
     if args.attention == "triton":
         require_triton(device, "--attention triton")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     tok = Tokenizer(args.tokenizer or find_tokenizer(model))
-    params, cfg = checkpoint.load(model, dtype=dtype, device=device, quantize=args.quantize, group_size=args.group_size)
-    rows_a_step = args.beams if args.beams > 1 else args.k + 1 if args.speculative else 1
+    params, cfg = checkpoint.load(model, dtype=dtype, device=device, quantize=args.quantize,
+                                  group_size=int4_group_size(args))
+    k = speculative_k(args)
+    rows_a_step = args.beams if args.beams > 1 else k + 1 if args.speculative else 1
     if (rows_a_step <= quant.tinygemm.FASTER_UP_TO_ROWS and device.startswith("cuda")
             and quant.tinygemm.available(torch.device(device)) and not (rows_a_step == 1 and dtype == torch.bfloat16)):
         params = quant.for_tinygemm(params)             # 2-4 rows a step (or not bf16): tinygemm is the faster int4
@@ -120,11 +157,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             except OSError as e:
                 raise InputError(f"--json-schema {args.json_schema}: cannot read it ({e.strerror})") from None
         constraints.append(Grammar(tok, json_schema=schema, regex=args.regex))
-    if args.force and args.beams < 2:
-        raise InputError("--force needs --beams N (N > 1): it is constrained beam search")
     if args.beams > 1:
-        if constraints or args.speculative or args.compile:
-            raise InputError("--beams runs alone: not with --json-schema, --regex, --speculative or --compile")
         best = generate(params, cfg, [prompt], max_new, num_beams=args.beams, num_beam_groups=args.diverse_groups,
                         diversity_penalty=args.diversity_penalty, stop_tokens=tok.stop_tokens, attention=args.attention,
                         force_phrases=[tok.encode(text, bos=False) for text in args.force], kv_dtype=kv_dtype)
@@ -141,7 +174,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     generate(params, cfg, [prompt], max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
              min_p=args.min_p, repetition_penalty=args.repetition_penalty, stop_tokens=tok.stop_tokens,
              generator=generator, on_token=on_token, attention=args.attention, sync_every=1, compile=args.compile,
-             speculative=args.speculative, draft=draft, k=args.k, adaptive_k=args.adaptive_k, constraints=constraints,
+             speculative=args.speculative, draft=draft, k=k, adaptive_k=args.adaptive_k, constraints=constraints,
              kv_dtype=kv_dtype)
     sys.stdout.write(decoder.flush() + "\n")
     return 0
@@ -165,8 +198,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     src = resolve_model(args.src)
     if args.quantize and args.format != "native":
         raise InputError(f"--quantize writes the native format only (got --format {args.format})")
+    check_group_size_flag(args)
+    if args.quantize_head and not args.quantize:
+        raise InputError("--quantize-head applies with --quantize")
+    if args.shards != 1 and args.format != "meta":
+        raise InputError("--shards applies to --format meta (Meta's model-parallel files)")
+    group_size = int4_group_size(args)
     params, cfg = checkpoint.load(src, dtype=DTYPES[args.dtype] if args.dtype else None, quantize=args.quantize,
-                                  group_size=args.group_size, quantize_head=args.quantize_head)
+                                  group_size=group_size, quantize_head=args.quantize_head)
     try:
         tokenizer = find_tokenizer(src)
     except TokenizerError:
@@ -177,12 +216,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.format == "native":
         checkpoint.save(args.dst, params, cfg, tokenizer=tokenizer, overwrite=args.overwrite)
     elif args.format == "hf":
-        checkpoint.save_hf(args.dst, params, cfg, overwrite=args.overwrite)
+        checkpoint.save_hf(args.dst, params, cfg, tokenizer=tokenizer, overwrite=args.overwrite)
     elif args.format == "meta":
-        checkpoint.save_meta(args.dst, params, cfg, n_shards=args.shards, overwrite=args.overwrite)
+        checkpoint.save_meta(args.dst, params, cfg, n_shards=args.shards, tokenizer=tokenizer, overwrite=args.overwrite)
     else:
         checkpoint.save_llama2c(args.dst, params, cfg, version=1, overwrite=args.overwrite)
-    scheme = f", {args.quantize}" + (f" g{args.group_size}" if args.quantize == "int4" else "") if args.quantize else ""
+    scheme = f", {args.quantize}" + (f" g{group_size}" if args.quantize == "int4" else "") if args.quantize else ""
     print(f"wrote {args.dst} ({args.format}{scheme}, {n_params(cfg):,} parameters)")
     return 0
 
@@ -214,7 +253,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
     g.add_argument("--quantize", choices=quant.SCHEMES, help="quantize the layer matrices while loading "
                    "(weight-only; int8 per channel, int4 in groups)")
-    g.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 or 256 (default 128)")
+    g.add_argument("--group-size", type=int, help="int4 group size: 32, 64, 128 or 256 (default 128)")
     g.add_argument("--attention", default="sdpa", choices=backends("attention"), help="attention backend")
     g.add_argument("--kv-cache", choices=("int8",), help="store the KV cache as int8 with a scale per token and "
                    "head (half the bytes of bf16; default: the weights' dtype)")
@@ -223,7 +262,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--speculative", choices=("draft", "lookup"),
                    help="speculative decoding with a draft model or by prompt lookup (same output distribution)")
     g.add_argument("--draft-model", help="the draft checkpoint for --speculative draft (default: the shipped draft)")
-    g.add_argument("--k", type=int, default=4, help="tokens proposed per speculative step (default 4)")
+    g.add_argument("--k", type=int, help=f"tokens proposed per speculative step (default {DEFAULT_K})")
     g.add_argument("--adaptive-k", action="store_true", help="vary the proposals a step between 1 and --k")
     g.add_argument("--json-schema", help="a JSON Schema file the output must follow (compact JSON)")
     g.add_argument("--regex", help="a regular expression the output must match in full")
@@ -247,7 +286,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     c.add_argument("--quantize", choices=quant.SCHEMES, help="weight-only quantization of the layer matrices "
                    "(int8: per-channel; int4: groups with scale and zero point); native format only")
-    c.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 or 256 (default 128)")
+    c.add_argument("--group-size", type=int, help="int4 group size: 32, 64, 128 or 256 (default 128)")
     c.add_argument("--quantize-head", action="store_true", help="quantize the output head too (default: keep it)")
     c.set_defaults(run=cmd_convert)
 

@@ -121,9 +121,13 @@ class Tokenizer:
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """A dialog [{"role": "system"|"user"|"assistant", "content": ...}, ...] in the model family's chat
         format, ending where the assistant's reply starts (Llama 3 headers; Llama 2 [INST] blocks)."""
+        if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, Sequence):
+            raise TokenizerError(f"encode_chat: expected a list of messages ({{'role': ..., 'content': ...}}), "
+                                 f"got {type(messages).__name__}")
         for m in messages:
-            if not isinstance(m, dict) or {"role", "content"} - set(m):
-                raise TokenizerError(f"encode_chat: each message needs 'role' and 'content', got {m!r}")
+            if (not isinstance(m, dict) or {"role", "content"} - set(m) or not isinstance(m["role"], str)
+                    or not isinstance(m["content"], str)):
+                raise TokenizerError(f"encode_chat: each message needs a str 'role' and 'content', got {m!r}")
         if self.kind == "tiktoken":
             return self._llama3_chat(messages)
         return self._llama2_chat(messages)

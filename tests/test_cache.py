@@ -1,8 +1,11 @@
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import llamafn as lf
 from llamafn.cache import batch_size, capacity, init_cache, quantized, read, reorder, reset, tensors, truncate, write
 from llamafn.config import ModelConfig
 from llamafn.errors import InputError
@@ -74,3 +77,12 @@ def test_init_cache_refuses_integer_dtypes_other_than_int8():
     for dtype in (torch.int32, "int8"):
         with pytest.raises(InputError, match="int8"):
             init_cache(CFG, 1, 4, dtype=dtype)
+
+
+def test_forward_refuses_a_cache_made_for_another_model_shape():
+    cfg = lf.ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=16, hidden_dim=32, max_seq_len=16)
+    params = lf.init_params(cfg, generator=torch.Generator().manual_seed(0))
+    tokens = torch.ones(1, 2, dtype=torch.long)
+    for other in (replace(cfg, n_layers=1), replace(cfg, n_kv_heads=4), replace(cfg, dim=64, n_heads=4)):
+        with pytest.raises(InputError, match="the cache is for .* the model has 2 layers of 2 KV heads of dim 8"):
+            lf.forward(params, tokens, lf.init_cache(other, 1, 8), cfg=cfg)

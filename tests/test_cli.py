@@ -50,6 +50,20 @@ def test_info_and_convert(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_every_folder_format_carries_the_tokenizer_and_generates_the_same_text(tmp_path, capsys):
+    """`convert` to the Hugging Face and Meta layouts copies tokenizer.model next to the weights, as the
+    native format does, so `generate --model` runs on the result and greedy decoding gives the same text."""
+    prompt = ["--temperature", "0", "--max-new-tokens", "8", "def add(a, b):"]
+    assert main(["generate", "--model", "target", *prompt]) == 0
+    expected = capsys.readouterr().out
+    for fmt in ("hf", "meta"):
+        assert main(["convert", "target", str(tmp_path / fmt), "--format", fmt]) == 0
+        assert (tmp_path / fmt / "tokenizer.model").is_file()
+        capsys.readouterr()
+        assert main(["generate", "--model", str(tmp_path / fmt), *prompt]) == 0
+        assert capsys.readouterr().out == expected
+
+
 def test_convert_quantize_then_generate(tmp_path, capsys):
     """`convert --quantize` writes a native int4 checkpoint that `info` reports and `generate` runs;
     exporting it to another format writes its dequantized weights; bad requests are one-line errors."""
@@ -67,6 +81,10 @@ def test_convert_quantize_then_generate(tmp_path, capsys):
     assert "native format only" in capsys.readouterr().err
     assert main(["convert", "target", str(tmp_path / "y"), "--quantize", "int4", "--group-size", "48"]) == 1
     assert "group_size must be one of" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    assert main(["convert", "target", str(tmp_path / "y"), "--quantize-head"]) == 1
+    assert "--quantize-head applies with --quantize" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    assert main(["convert", "target", str(tmp_path / "y"), "--shards", "2"]) == 1
+    assert "--shards applies to --format meta" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -97,6 +115,23 @@ def test_triton_kernels_without_a_gpu_are_refused_before_any_output():
                             capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr
     assert "--attention triton needs a CUDA GPU" in result.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--beams", "0"], "--beams must be >= 1, got 0"),
+    (["--diverse-groups", "2"], "--force and --diverse-groups need --beams N"),
+    (["--force", "x"], "--force and --diverse-groups need --beams N"),
+    (["--beams", "2", "--regex", "a+"], "--beams runs alone"),
+    (["--speculative", "lookup", "--k", "17"], "k (draft tokens a step) must be in 1..16, got 17"),
+    (["--regex", "([a-"], 'invalid regex "([a-" (in regex): regex parse error: unclosed character class'),
+    (["--k", "3"], "--k, --adaptive-k and --draft-model configure --speculative"),
+    (["--speculative", "lookup", "--draft-model", "draft"], "--draft-model is for --speculative draft"),
+    (["--quantize", "int8", "--group-size", "64"], "--group-size applies to --quantize int4 only"),
+])
+def test_flags_that_cannot_run_are_refused_in_one_line_before_any_output(flags, message, capsys):
+    assert main(["generate", *flags, "--max-new-tokens", "4", "def f():"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and message in err
 
 
 @pytest.mark.parametrize("device, message", [

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -109,3 +111,15 @@ def test_bad_tokenizer_files(tmp_path, llama2):
         Tokenizer(junk)
     with pytest.raises(TokenizerError, match=r"token id 40000 is outside \[0, 32000\)"):
         llama2.decode([1, 40000])
+
+
+@pytest.mark.parametrize("messages, message", [
+    ("hello", "expected a list of messages"),
+    ({"role": "user", "content": "hi"}, "expected a list of messages"),
+    ([{"role": "user"}], "each message needs a str 'role' and 'content'"),
+    ([{"role": "user", "content": 3}], "each message needs a str 'role' and 'content'"),
+])
+def test_a_chat_that_is_not_a_list_of_role_content_messages_is_named(messages, message):
+    shipped = Tokenizer(Path(__file__).parents[1] / "params" / "stdlib-coder" / "tokenizer.model")
+    with pytest.raises(TokenizerError, match=message):
+        shipped.encode_chat(messages)

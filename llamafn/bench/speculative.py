@@ -22,6 +22,7 @@ import torch
 import llamafn as lf
 from llamafn.config import cards_dir
 from llamafn.decode import stream
+from llamafn.decode.speculative import check_k
 from llamafn.bench.ceilings import write_results
 
 PROMPTS = [
@@ -82,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
+    try:
+        ks = [int(k) for k in args.ks.split(",")]
+    except ValueError:
+        ap.error(f"--ks takes comma-separated integers, got {args.ks!r}")
+    for k in ks:
+        check_k(k)
     dtype = getattr(torch, args.dtype)
     target = lf.load(cards_dir() / "stdlib-coder", dtype=dtype, device=args.device)
     draft = lf.load(cards_dir() / "stdlib-coder-draft", dtype=dtype, device=args.device)
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     plain_tok_s = sum(len(o) for o, _, _ in plain) / sum(t for _, t, _ in plain)
     results["plain_tok_s"] = round(plain_tok_s, 1)
     print(f"plain decoding: {plain_tok_s:.1f} tok/s", flush=True)
-    for k in map(int, args.ks.split(",")):
+    for k in ks:
         runs = timed(*target, tok, PROMPTS, n, args.device, args.compile, speculative="draft", draft=draft, k=k)
         tok_s = sum(len(o) for o, _, _ in runs) / sum(t for _, t, _ in runs)
         steps = [s for _, _, s in runs]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 from ..params import Params
 from ..quant import quantizer
 from .hf import is_hf, load_hf, save_hf
@@ -38,7 +38,18 @@ def detect_format(path: str | Path) -> str:
         f"Meta's params.json + consolidated.*.pth, or params.json + model.safetensors); found: {found or 'nothing'}")
 
 
-def load(path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+def float_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A floating torch dtype, given as one or by its name ("bfloat16"); None stays None (as stored)."""
+    if dtype is None:
+        return None
+    named = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not (isinstance(named, torch.dtype) and named.is_floating_point):
+        raise InputError(f"dtype must be a floating torch dtype or its name (e.g. torch.bfloat16, 'float16'), "
+                         f"got {dtype!r}")
+    return named
+
+
+def load(path: str | Path, *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
          quantize: str | None = None, group_size: int = 128, quantize_head: bool = False) -> tuple[Params, ModelConfig]:
     """Read a checkpoint of any supported format into (params, cfg), cast to `dtype` (None: as stored)
     on `device`. Tensors are read lazily from memory-mapped files, one at a time. With `quantize`
@@ -46,6 +57,7 @@ def load(path: str | Path, *, dtype: torch.dtype | None = None, device: str | to
     it is read, so the float model is never whole in memory: a 7B model loads to int4 on a GPU in
     about 4 GB."""
     path = Path(path)
+    dtype = float_dtype(dtype)
     fmt = detect_format(path)
     loader = next(load_fn for name, _, load_fn in FORMATS if name == fmt)
     transform = quantizer(quantize, group_size=group_size, output=quantize_head) if quantize else None

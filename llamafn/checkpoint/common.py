@@ -111,6 +111,13 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def copy_tokenizer(tokenizer: str | Path | None, folder: Path) -> None:
+    """tokenizer.model in `folder`, a copy of the tokenizer file (sentencepiece or Llama 3's tiktoken), if
+    one is given: where `llamafn generate` and `load` look for it next to the weights."""
+    if tokenizer is not None:
+        shutil.copyfile(tokenizer, folder / "tokenizer.model")
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary file name beside `path`, renamed onto `path` on success and removed on error."""

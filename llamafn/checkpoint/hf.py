@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from ..config import ModelConfig, read_json
 from ..errors import CheckpointError
 from ..params import Params, check_params
-from .common import Transform, LazyTensor, atomic_dir, materialize
+from .common import Transform, LazyTensor, atomic_dir, copy_tokenizer, materialize
 from .native import open_safetensors
 
 RENAMES = {
@@ -98,9 +98,10 @@ def load_hf(path: Path, *, dtype: torch.dtype | None, device: str | torch.device
                        transform=transform), cfg
 
 
-def save_hf(path: str | Path, params: Params, cfg: ModelConfig, *, overwrite: bool = False) -> Path:
+def save_hf(path: str | Path, params: Params, cfg: ModelConfig, *, tokenizer: str | Path | None = None,
+            overwrite: bool = False) -> Path:
     """Write a folder transformers' LlamaForCausalLM.from_pretrained reads (config.json + model.safetensors),
-    q/k rows permuted to its rotate-half RoPE layout."""
+    q/k rows permuted to its rotate-half RoPE layout, plus `tokenizer.model` when given."""
     check_params(params, cfg)
     hf_names = {v: k for k, v in RENAMES.items()}
     tensors = {}
@@ -132,4 +133,5 @@ def save_hf(path: str | Path, params: Params, cfg: ModelConfig, *, overwrite: bo
     with atomic_dir(path, overwrite) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        copy_tokenizer(tokenizer, tmp)
     return Path(path)

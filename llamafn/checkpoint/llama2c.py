@@ -30,7 +30,12 @@ STACKED = ("attention_norm", "attention.wq", "attention.wk", "attention.wv", "at
 
 
 def is_llama2c(path: Path) -> bool:
-    return path.is_file() and path.suffix == ".bin"
+    """A `.bin` file (version 0 has no magic), or any file that starts with version 1's magic."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return path.suffix == ".bin" or (len(head) == 4 and struct.unpack("<I", head)[0] == MAGIC)
 
 
 def _layout(cfg: ModelConfig, version: int) -> list[tuple[str, tuple[int, ...]]]:

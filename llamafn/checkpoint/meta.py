@@ -20,7 +20,7 @@ import torch
 from ..config import ModelConfig, read_json
 from ..errors import CheckpointError
 from ..params import Params, check_params, param_shapes
-from .common import Transform, LazyTensor, atomic_dir, materialize
+from .common import Transform, LazyTensor, atomic_dir, copy_tokenizer, materialize
 
 COLUMN_SPLIT = ("wq.weight", "wk.weight", "wv.weight", "w1.weight", "w3.weight", "output.weight")
 ROW_SPLIT = ("wo.weight", "w2.weight", "tok_embeddings.weight")
@@ -85,12 +85,14 @@ def _split(key: str, t: torch.Tensor, n: int) -> list[torch.Tensor]:
 
 
 def save_meta(path: str | Path, params: Params, cfg: ModelConfig, *, n_shards: int = 1,
-              overwrite: bool = False) -> Path:
-    """Write Meta's layout with `n_shards` model-parallel shards (Llama 2's split axes)."""
+              tokenizer: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write Meta's layout with `n_shards` model-parallel shards (Llama 2's split axes), plus
+    `tokenizer.model` when given."""
     check_params(params, cfg)
     with atomic_dir(path, overwrite) as tmp:
         for rank in range(n_shards):
             shard = {k: _split(k, v, n_shards)[rank].contiguous().cpu() for k, v in params.items()}
             torch.save(shard, tmp / f"consolidated.{rank:02d}.pth")
         (tmp / "params.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        copy_tokenizer(tokenizer, tmp)
     return Path(path)

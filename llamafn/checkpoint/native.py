@@ -5,7 +5,6 @@ The only format that stores quantised weights (each as `<key>.q`, `<key>.scale`[
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from ..config import ModelConfig, read_json
 from ..errors import CheckpointError
 from ..params import Params, check_params
 from ..quant import to_tensors
-from .common import Transform, LazyTensor, atomic_dir, materialize
+from .common import Transform, LazyTensor, atomic_dir, copy_tokenizer, materialize
 
 WEIGHTS = "model.safetensors"
 CONFIG = "params.json"
@@ -51,6 +50,5 @@ def save(path: str | Path, params: Params, cfg: ModelConfig, *, tokenizer: str |
         save_file({k: v.detach().contiguous().cpu() for k, v in to_tensors(params).items()}, str(tmp / WEIGHTS),
                   metadata={"format": "pt", "producer": "llamafn"})
         (tmp / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        if tokenizer is not None:
-            shutil.copyfile(tokenizer, tmp / "tokenizer.model")
+        copy_tokenizer(tokenizer, tmp)
     return Path(path)

@@ -23,8 +23,20 @@ from ..errors import InputError
 from ..tokenizer import Tokenizer
 
 
+def one_line(error: str) -> str:
+    """llguidance's multi-line parse error as one line: its first line and its `error:` lines (the echoed
+    source and carets dropped)."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    reasons = [line[len("error:"):].strip() for line in lines[1:] if line.startswith("error:")]
+    return " ".join([lines[0]] + reasons) if lines else error
+
+
 class Constraint(Protocol):
-    """What the driver needs of a constraint: start on the prompts, say what may come next, hear what came."""
+    """What the driver needs of a constraint: start on the prompts, say what may come next, hear what came.
+    Its masks cover `vocab_size` ids (a tokenizer's, which may be smaller than a model's padded vocabulary;
+    ids past it are never allowed)."""
+
+    vocab_size: int
 
     def begin(self, prompts: Sequence[Sequence[int]]) -> None: ...
 
@@ -38,6 +50,7 @@ class TokenSets:
 
     def __init__(self, vocab_size: int, *, allowed: Sequence[int] | None = None, banned: Sequence[int] = (),
                  banned_phrases: Sequence[Sequence[int]] = ()):
+        self.vocab_size = vocab_size
         self.base = torch.zeros(vocab_size, dtype=torch.bool) if allowed is not None else torch.ones(vocab_size, dtype=torch.bool)
         for name, ids in (("allowed", allowed or ()), ("banned", banned), *(("banned phrase", p) for p in banned_phrases)):
             bad = [t for t in ids if not 0 <= t < vocab_size]
@@ -96,7 +109,7 @@ class Grammar:
                                                 n_vocab=tokenizer.vocab_size, eos_token=list(tokenizer.stop_tokens))
         error = llguidance.LLMatcher.validate_grammar(grammar, self.tokenizer)
         if error:
-            raise InputError(f"invalid grammar: {error}")
+            raise InputError(f"invalid grammar: {one_line(error)}")
         self.grammar, self._llg = grammar, llguidance
 
     def begin(self, prompts: Sequence[Sequence[int]]) -> None:

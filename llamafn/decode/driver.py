@@ -52,6 +52,7 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
     scale per token and head (llamafn.cache), half the bytes of bf16.
     """
     sample.check_prompts(prompts, cfg, max_new_tokens)
+    sample.check_stop_tokens(stop_tokens, cfg)
     if sync_every < 1:
         raise InputError(f"sync_every must be >= 1, got {sync_every}")
     emb = params["tok_embeddings.weight"]
@@ -65,6 +66,9 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
     if constraints:
         sync_every = 1
         for c in constraints:
+            if c.vocab_size > cfg.vocab_size:
+                raise InputError(f"a constraint covers {c.vocab_size} token ids, more than the model's vocabulary of "
+                                 f"{cfg.vocab_size}")
             c.begin(prompts)
     if speculative is not None:
         yield from spec.run(params, cfg, prompts, max_new_tokens, sp, stops, generator, attention,
@@ -93,9 +97,10 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
         """The constraints' joint mask of next tokens, or None; a live row with no token left is an error."""
         if not constraints:
             return None
-        allowed = constraints[0].mask()
-        for c in constraints[1:]:
-            allowed = allowed & c.mask()
+        allowed = torch.ones(B, cfg.vocab_size, dtype=torch.bool)
+        for c in constraints:
+            allowed[:, :c.vocab_size] &= c.mask()
+            allowed[:, c.vocab_size:] = False                                     # ids the constraint does not know
         for row in range(B):
             if not done[row] and not bool(allowed[row].any()):
                 raise InputError(f"row {row}: no token satisfies the constraints (they cannot be met)")
@@ -146,8 +151,12 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     called for every token as it reaches the host. See `stream` for the arguments. With `num_beams` > 1
     it is beam search (`llamafn.decode.beam.beam_search`), returning each prompt's best `num_return_sequences` in turn;
     with `force_phrases` too, constrained beam search (`llamafn.decode.forced`)."""
-    if force_phrases and num_beams < 2:
-        raise InputError("force_phrases is constrained beam search: it needs num_beams > 1")
+    sample.check_stop_tokens(stop_tokens, cfg)
+    if num_beams < 1:
+        raise InputError(f"num_beams must be >= 1, got {num_beams}")
+    if num_beams == 1 and (force_phrases or num_beam_groups != 1 or num_return_sequences != 1):
+        raise InputError("force_phrases, num_beam_groups and num_return_sequences are beam search's: they need "
+                         "num_beams > 1")
     if num_beams > 1:
         if constraints or speculative is not None or compile or any(
                 t > 0 for t in torch.as_tensor(temperature, dtype=torch.float32).flatten().tolist()):

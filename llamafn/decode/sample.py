@@ -20,6 +20,15 @@ from ..params import Params
 from ..sampling import SamplingParams, greedy, sample
 
 
+def check_stop_tokens(stop_tokens: Sequence[int], cfg: ModelConfig) -> None:
+    """Raise InputError for a stop token that is not an id of the vocabulary (it could never be drawn)."""
+    for t in stop_tokens:
+        if not isinstance(t, int) or isinstance(t, bool):
+            raise InputError(f"stop_tokens must be a list of token ids (ints), got {type(t).__name__} {t!r}")
+        if not 0 <= t < cfg.vocab_size:
+            raise InputError(f"stop token {t!r} is outside [0, {cfg.vocab_size})")
+
+
 def check_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, max_new_tokens: int) -> None:
     """Raise InputError for an empty batch or prompt, an id outside [0, vocab), or a prompt that with
     `max_new_tokens` does not fit the model's context."""

@@ -176,6 +176,12 @@ def cut_row(tokens: list[int], row: int, done: list[bool], emitted: list[int], s
     return out
 
 
+def check_k(k: int) -> None:
+    """Raise InputError unless k, the tokens proposed a step, is in 1..16."""
+    if not 1 <= k <= 16:
+        raise InputError(f"k (draft tokens a step) must be in 1..16, got {k}")
+
+
 def run(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
         sp: SamplingParams, stops: torch.Tensor, generator: torch.Generator | None, attention: str,
         mode: str, draft: tuple[Params, ModelConfig] | None, k: int, compile: bool = False,
@@ -187,8 +193,7 @@ def run(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_
     row accepted all of them, -1 otherwise (any k is exact, so only speed changes)."""
     if mode not in ("draft", "lookup"):
         raise InputError(f"speculative must be 'draft' or 'lookup', got {mode!r}")
-    if not 1 <= k <= 16:
-        raise InputError(f"k (draft tokens a step) must be in 1..16, got {k}")
+    check_k(k)
     if mode == "draft":
         if draft is None:
             raise InputError("speculative='draft' needs draft=(params, cfg), a draft model")

@@ -35,8 +35,10 @@ def transformer(params: Params, tokens: torch.Tensor, cache: KVCache | None = No
     if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
         raise InputError(f"forward: tokens must be an integer tensor of shape (B, T), "
                          f"got {tuple(tokens.shape)} {tokens.dtype}")
-    if cache is not None and kv.batch_size(cache) != tokens.shape[0]:
-        raise InputError(f"forward: tokens have batch {tokens.shape[0]} but the cache has {kv.batch_size(cache)} rows")
+    if cache is not None:
+        kv.check_fits(cache, cfg)
+        if kv.batch_size(cache) != tokens.shape[0]:
+            raise InputError(f"forward: tokens have batch {tokens.shape[0]} but the cache has {kv.batch_size(cache)} rows")
     if not torch.compiler.is_compiling() and not (tokens.is_cuda and torch.cuda.is_current_stream_capturing()):
         check_values(tokens, cache, cfg)
     h = embedding(tokens, params["tok_embeddings.weight"], params["norm.weight"].dtype)   # (B, T, dim)

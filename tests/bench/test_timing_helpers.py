@@ -30,3 +30,11 @@ def test_scheme_names():
     assert parse_scheme("int4-g128+tinygemm") == ("int4", 128)
     assert parse_scheme("int8") == ("int8", 0)
     assert parse_scheme("bf16") == ("bf16", 0)
+
+
+def test_bench_speculative_checks_its_ks_before_timing_anything(capsys):
+    from llamafn.cli import main
+
+    assert main(["bench", "speculative", "--ks", "4,0"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "k (draft tokens a step) must be in 1..16, got 0" in err

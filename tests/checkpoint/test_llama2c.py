@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import llamafn as lf
-from llamafn.checkpoint import save_llama2c
+from llamafn.checkpoint import detect_format, save_llama2c
 from llamafn.config import ModelConfig
 from llamafn.errors import CheckpointError
 from tests.conftest import shared_file
@@ -18,6 +18,18 @@ def test_llama2c_round_trip(tmp_path, version, tied):
     loaded, loaded_cfg = lf.load(path)
     assert loaded_cfg == cfg
     assert all(torch.equal(loaded[k], params[k]) for k in params)
+
+
+def test_a_version_1_file_is_recognised_by_its_magic_whatever_its_name(tmp_path):
+    """`convert --format llama2c DST` writes DST as named; without a .bin suffix, the v1 magic identifies it."""
+    cfg = ModelConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=40, hidden_dim=48, max_seq_len=64)
+    params = lf.init_params(cfg, generator=torch.Generator().manual_seed(0))
+    path = save_llama2c(tmp_path / "exported", params, cfg, version=1)
+    assert detect_format(path) == "llama2c"
+    assert lf.load(path)[1] == cfg
+    (tmp_path / "notes").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a known checkpoint"):
+        lf.load(tmp_path / "notes")
 
 
 def test_stories260k_is_legacy_v0_and_survives_conversion_to_v1(tmp_path, stories260k):

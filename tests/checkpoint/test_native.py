@@ -23,6 +23,10 @@ def test_save_and_load_round_trip_with_dtype_and_device(tmp_path, params):
     assert cfg == CFG and all(torch.equal(loaded[k], params[k]) for k in params)
     as_f32, _ = lf.load(tmp_path / "m", dtype=torch.float32)
     assert as_f32["norm.weight"].dtype == torch.float32
+    assert lf.load(tmp_path / "m", dtype="float16")[0]["norm.weight"].dtype == torch.float16   # by name
+    for bad in (torch.int8, "int8", "no_such_dtype"):
+        with pytest.raises(InputError, match="dtype must be a floating torch dtype"):
+            lf.load(tmp_path / "m", dtype=bad)
     on_meta, _ = lf.load(tmp_path / "m", device="meta")
     assert on_meta["tok_embeddings.weight"].device.type == "meta"
 

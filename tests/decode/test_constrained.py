@@ -106,6 +106,17 @@ def test_banned_tokens_and_phrases_never_appear(phrases, seed):
                 assert start < 0 or seq[start:end + 1] != p
 
 
+@given(st.integers(0, 1000))
+def test_a_constraint_over_fewer_ids_than_the_model_never_allows_the_rest(seed):
+    """A tokenizer's vocabulary can be smaller than a model's padded one: ids past the constraint's are
+    never drawn; a constraint over more ids than the model has is refused."""
+    out = lf.generate(TINY, CFG, [[1, 2], [3]], 12, temperature=1.0, generator=torch.Generator().manual_seed(seed),
+                      constraints=[TokenSets(8, banned=[0])])
+    assert all(0 < t < 8 for row in out for t in row)
+    with pytest.raises(InputError, match="a constraint covers 13 token ids, more than the model's vocabulary of 12"):
+        lf.generate(TINY, CFG, [[1]], 4, constraints=[TokenSets(13)])
+
+
 def test_impossible_constraints_fail_clearly(setup):
     tok = setup[0]
     with pytest.raises(InputError, match="no token satisfies the constraints"):

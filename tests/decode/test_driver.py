@@ -112,6 +112,13 @@ def test_stream_yields_chunks_of_sync_every_tokens(tiny):
     ([[1]], {"temperature": -1.0}, "temperature must be >= 0"),
     ([[1]], {"attention": "nope"}, "unknown attention backend 'nope'"),
     ("hello", {}, "expected a list of token ids, got str"),
+    ([[1]], {"num_beams": 0}, "num_beams must be >= 1, got 0"),
+    ([[1]], {"num_beam_groups": 2}, "num_beam_groups and num_return_sequences are beam search's"),
+    ([[1]], {"num_return_sequences": 2}, "need num_beams > 1"),
+    ([[1]], {"stop_tokens": [50]}, r"stop token 50 is outside \[0, 50\)"),
+    ([[1]], {"stop_tokens": torch.tensor([3])}, "stop_tokens must be a list of token ids \\(ints\\), got Tensor"),
+    ([[1]], {"stop_tokens": [3], "num_beams": 2, "temperature": 0.0, "max_new_tokens": 2, "num_return_sequences": 3},
+     "num_return_sequences <= num_beams"),
 ])
 def test_bad_generate_arguments_are_named(tiny, prompts, kwargs, message):
     with pytest.raises(InputError, match=message):

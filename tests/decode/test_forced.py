@@ -42,7 +42,7 @@ def test_generate_routes_forced_phrases_and_checks_them():
     params = lf.init_params(cfg, generator=torch.Generator().manual_seed(0))
     out = lf.generate(params, cfg, [[1, 2]], 8, num_beams=2, force_phrases=[[5, 6], [9]], stop_tokens=[3])
     assert contains(out[0], [5, 6]) and 9 in out[0]
-    with pytest.raises(InputError, match="needs num_beams > 1"):
+    with pytest.raises(InputError, match="need num_beams > 1"):
         lf.generate(params, cfg, [[1]], 8, force_phrases=[[5]])
     with pytest.raises(InputError, match="need 9 tokens, more than max_new_tokens=8"):
         lf.generate(params, cfg, [[1]], 8, num_beams=2, force_phrases=[[5] * 9])

@@ -57,6 +57,8 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
         raise InputError(f"sync_every must be >= 1, got {sync_every}")
     emb = params["tok_embeddings.weight"]
     device, B = emb.device, len(prompts)
+    if generator is not None and generator.device.type != device.type:
+        raise InputError(f"the generator is on {generator.device}, the model on {device}")
     sp = sampling_params(B, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                          repetition_penalty=repetition_penalty, device=device)
     all_greedy = bool((sp.temperature == 0).all())

@@ -33,9 +33,11 @@ def is_llama2c(path: Path) -> bool:
     """A `.bin` file (version 0 has no magic), or any file that starts with version 1's magic."""
     if not path.is_file():
         return False
+    if path.suffix == ".bin":
+        return True
     with open(path, "rb") as f:
         head = f.read(4)
-    return path.suffix == ".bin" or (len(head) == 4 and struct.unpack("<I", head)[0] == MAGIC)
+    return len(head) == 4 and struct.unpack("<I", head)[0] == MAGIC
 
 
 def _layout(cfg: ModelConfig, version: int) -> list[tuple[str, tuple[int, ...]]]:

@@ -57,6 +57,8 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
         raise InputError(f"sync_every must be >= 1, got {sync_every}")
     emb = params["tok_embeddings.weight"]
     device, B = emb.device, len(prompts)
+    if generator is not None and generator.device.type != device.type:
+        raise InputError(f"the generator is on {generator.device}, the model on {device}")
     sp = sampling_params(B, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                          repetition_penalty=repetition_penalty, device=device)
     all_greedy = bool((sp.temperature == 0).all())
@@ -151,13 +153,13 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     called for every token as it reaches the host. See `stream` for the arguments. With `num_beams` > 1
     it is beam search (`llamafn.decode.beam.beam_search`), returning each prompt's best `num_return_sequences` in turn;
     with `force_phrases` too, constrained beam search (`llamafn.decode.forced`)."""
-    sample.check_stop_tokens(stop_tokens, cfg)
     if num_beams < 1:
         raise InputError(f"num_beams must be >= 1, got {num_beams}")
     if num_beams == 1 and (force_phrases or num_beam_groups != 1 or num_return_sequences != 1):
         raise InputError("force_phrases, num_beam_groups and num_return_sequences are beam search's: they need "
                          "num_beams > 1")
     if num_beams > 1:
+        sample.check_stop_tokens(stop_tokens, cfg)                                # `stream` checks its own
         if constraints or speculative is not None or compile or any(
                 t > 0 for t in torch.as_tensor(temperature, dtype=torch.float32).flatten().tolist()):
             raise InputError("beam search (num_beams > 1) is deterministic and runs alone: no temperature, "

@@ -20,13 +20,18 @@ from ..params import Params
 from ..sampling import SamplingParams, greedy, sample
 
 
+def id_problem(t: object, vocab_size: int) -> str | None:
+    """What is wrong with `t` as a token id (not an int, or outside the vocabulary), or None."""
+    if not isinstance(t, int) or isinstance(t, bool):
+        return f"{t!r} is not an int token id ({type(t).__name__})"
+    return None if 0 <= t < vocab_size else f"token id {t} is outside [0, {vocab_size})"
+
+
 def check_stop_tokens(stop_tokens: Sequence[int], cfg: ModelConfig) -> None:
     """Raise InputError for a stop token that is not an id of the vocabulary (it could never be drawn)."""
     for t in stop_tokens:
-        if not isinstance(t, int) or isinstance(t, bool):
-            raise InputError(f"stop_tokens must be a list of token ids (ints), got {type(t).__name__} {t!r}")
-        if not 0 <= t < cfg.vocab_size:
-            raise InputError(f"stop token {t!r} is outside [0, {cfg.vocab_size})")
+        if problem := id_problem(t, cfg.vocab_size):
+            raise InputError(f"stop_tokens: {problem}")
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, max_new_tokens: int) -> None:
@@ -34,16 +39,16 @@ def check_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, max_new_to
     `max_new_tokens` does not fit the model's context."""
     if isinstance(prompts, torch.Tensor) or not isinstance(prompts, Sequence) or not prompts:
         raise InputError("prompts must be a non-empty list of token-id lists")
-    if max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     for row, prompt in enumerate(prompts):
         if isinstance(prompt, (str, bytes)) or not isinstance(prompt, Sequence):
             raise InputError(f"prompt {row}: expected a list of token ids, got {type(prompt).__name__}")
         if len(prompt) == 0:
             raise InputError(f"prompt {row} is empty; start it with the BOS token")
         for i, t in enumerate(prompt):
-            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < cfg.vocab_size:
-                raise InputError(f"prompt {row}, position {i}: token id {t!r} is outside [0, {cfg.vocab_size})")
+            if problem := id_problem(t, cfg.vocab_size):
+                raise InputError(f"prompt {row}, position {i}: {problem}")
         if len(prompt) + max_new_tokens > cfg.max_seq_len:
             raise InputError(
                 f"prompt {row} has {len(prompt)} tokens; with max_new_tokens={max_new_tokens} that is "

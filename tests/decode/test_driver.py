@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -107,7 +108,9 @@ def test_stream_yields_chunks_of_sync_every_tokens(tiny):
     ([[1], [2, 99]], {}, r"prompt 1, position 1: token id 99 is outside \[0, 50\)"),
     ([[1, -1]], {}, "token id -1"),
     ([[1] * 60], {"max_new_tokens": 10}, "over the model's context of 64"),
-    ([[1]], {"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+    ([[1]], {"max_new_tokens": 0}, "max_new_tokens must be an int >= 1, got 0"),
+    ([[1]], {"max_new_tokens": 2.5}, "max_new_tokens must be an int >= 1, got 2.5"),
+    ([[1, np.int64(5)]], {}, r"prompt 0, position 1: np.int64\(5\) is not an int token id \(int64\)"),
     ([[1]], {"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
     ([[1]], {"temperature": -1.0}, "temperature must be >= 0"),
     ([[1]], {"attention": "nope"}, "unknown attention backend 'nope'"),
@@ -115,11 +118,17 @@ def test_stream_yields_chunks_of_sync_every_tokens(tiny):
     ([[1]], {"num_beams": 0}, "num_beams must be >= 1, got 0"),
     ([[1]], {"num_beam_groups": 2}, "num_beam_groups and num_return_sequences are beam search's"),
     ([[1]], {"num_return_sequences": 2}, "need num_beams > 1"),
-    ([[1]], {"stop_tokens": [50]}, r"stop token 50 is outside \[0, 50\)"),
-    ([[1]], {"stop_tokens": torch.tensor([3])}, "stop_tokens must be a list of token ids \\(ints\\), got Tensor"),
+    ([[1]], {"stop_tokens": [50]}, r"stop_tokens: token id 50 is outside \[0, 50\)"),
+    ([[1]], {"stop_tokens": torch.tensor([3])}, r"stop_tokens: tensor\(3\) is not an int token id \(Tensor\)"),
     ([[1]], {"stop_tokens": [3], "num_beams": 2, "temperature": 0.0, "max_new_tokens": 2, "num_return_sequences": 3},
      "num_return_sequences <= num_beams"),
 ])
 def test_bad_generate_arguments_are_named(tiny, prompts, kwargs, message):
     with pytest.raises(InputError, match=message):
         generate(tiny, CFG, prompts, **({"max_new_tokens": 4} | kwargs))
+
+
+def test_a_generator_on_another_device_than_the_model_is_named():
+    on_meta = init_params(CFG, device="meta")
+    with pytest.raises(InputError, match="the generator is on cpu, the model on meta"):
+        generate(on_meta, CFG, [[1]], 2, temperature=1.0, generator=torch.Generator())

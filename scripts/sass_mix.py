@@ -69,15 +69,15 @@ def loop_opcodes(sass: str) -> Counter:
 
 
 def mma_mix(group: int) -> int:
-    """The tensor-core int4 GEMV's loop at 1, 2, 4 and 8 warps a tile, with and without the prefetch of the
-    next group (group 128 only): a thread takes 8 weights a word, 4 words a step, group / 64 steps a loop."""
-    for chains, prefetch in itertools.product((1, 2, 4, 8), (False, True) if group == 128 else (False,)):
+    """The tensor-core int4 GEMV's loop at 1, 2, 4 and 8 warps a tile: a thread takes 8 weights a word, 4
+    words a step, group / 64 steps a loop."""
+    for chains in (1, 2, 4, 8):
         compiled = compile_sm90(int4_mma.int4_mma_kernel, ARGS["int4-mma"],
-                                {"NW": chains, "S": group // 16, "ASM": True, "PREFETCH": prefetch}, chains)
+                                {"NW": chains, "S": group // 16, "ASM": True}, chains)
         sass = disassemble(compiled.asm["cubin"])
         ops = loop_opcodes(sass)
         total, weights = sum(ops.values()), 8 * 4 * group // 64
-        print(f"warps a tile={chains} prefetch={prefetch}: {total} instructions a loop, "
+        print(f"warps a tile={chains}: {total} instructions a loop, "
               f"{total / weights:.2f} a weight; HMMA {ops['HMMA']}, BAR {ops['BAR']}, shared {ops['LDS'] + ops['STS']}, spills {sass.count('LDL') + sass.count('STL')}")
     return 0
 

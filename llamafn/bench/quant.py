@@ -95,18 +95,13 @@ def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
 
 
 def mma_paths(x: torch.Tensor, copies: list) -> dict:
-    """The tensor-core int4 GEMV (llamafn.kernels.int4_mma) at 1, 2, 4 and 8 warps a tile, where it fits, and
-    with the next group's loads issued ahead (group 128)."""
+    """The tensor-core int4 GEMV (llamafn.kernels.int4_mma) at 1, 2, 4 and 8 warps a tile, where it fits."""
     w, M = copies[0], x.shape[0]
     if M > int4_mma.MAX_ROWS or x.dtype != torch.bfloat16 or not mma.fits(*w.shape, w.group_size):
         return {}
-    paths = {}
-    for chains in (1, 2, 4, 8):
-        layouts = [mma.to_mma(c, chains) for c in copies]
-        for prefetch in (False, True) if w.group_size == 128 else (False,):
-            paths[f"triton mma, {chains} warps a tile{', prefetch' if prefetch else ''}"] = (
-                lambda x, w, p=prefetch: torch.ops.llamafn.int4_mma(x, w.words, w.records, w.group_size, p), layouts)
-    return paths
+    return {f"triton mma, {chains} warps a tile": (
+        lambda x, w: torch.ops.llamafn.int4_mma(x, w.words, w.records, w.group_size),
+        [mma.to_mma(c, chains) for c in copies]) for chains in (1, 2, 4, 8)}
 
 
 def kernel_rows(cfg, rows: list[int], schemes: list[str], copy_GBps: float) -> list[dict]:

@@ -13,18 +13,25 @@ at group 128 (`python scripts/sass_mix.py --kernel int4-mma`) against 3.6-3.7 fo
 CUDA-core GEMV (llamafn.kernels.quant_gemv), which is bound by instruction issue.
 
 A program is one 16-row tile of the weight; its NW warps (chains) split the groups of K between them,
-ceil(G / NW) each (loads past the last group masked), and add their partial sums at the end. With
-PREFETCH (group 128) a warp loads group i + 1 before it multiplies group i; in the SASS ptxas places those
-loads after the group's HMMAs, so they overlap the scaling and the loop's bookkeeping only.
+ceil(G / NW) each (loads past the last group masked), and add their partial sums at the end. At group 128
+a warp loads group i + 1 before it multiplies group i (in the SASS ptxas places those loads after the
+group's HMMAs, so two groups of loads are in flight); the other group sizes load a group, then multiply it.
 
 Element e of the program's (NW * 128,) tensors is register e % 4 of lane (e // 4) % 32 of warp e // 128:
 Triton's layout for a contiguous 1-D int32 load read 16 bytes a thread, which the words' order assumes
-(the TTGIR of the sm_90 compile shows it). The interpreter cannot run PTX, so under `TRITON_INTERPRET=1`
-(ASM=False) the kernel computes what the fragments multiply, element by element, in fp32: the words'
-order, the addresses and the reduction are tested on the CPU, the PTX on a GPU.
+(the TTGIR of the sm_90 compile shows it; `layout_ok` verifies it on the GPU before a weight is laid
+out). The interpreter cannot run PTX, so under `TRITON_INTERPRET=1` (ASM=False) the kernel computes what
+the fragments multiply, element by element, in fp32: the words' order, the addresses and the reduction
+are tested on the CPU, the PTX on a GPU.
 
-Not yet run on a GPU (compiled for sm_90 on a CPU only): `llamafn generate` does not use it until it is
-measured (probes/next_mma.sh).
+Measured on an H100 80GB HBM3 at Llama-2-7B shapes, group 128 (`python scripts/bench_quant.py --schemes
+int4-g128 --kernel-rows 1,2,4,8 --parts kernels`, benchmarks/results/quant-nvidia-h100-80gb-hbm3.json),
+with the chains of `llamafn.quant.mma.chains_for`: at one row it is as fast as the packed-bf16 GEMV on
+wqkv and w13 (12.9 and 20.9 us against 13.1 and 21.5) and slower on wo and w2 (7.7 and 13.8 us against
+6.6 and 12.6: 256 tiles leave too few loads in flight), so batch-1 decode keeps that GEMV; at 2-8 rows
+it takes 1.0-1.2x its one-row time where the Triton dot kernel takes 2-4x and tinygemm 1.3-2.6x (w13 at
+8 rows: 22.4 us against 44.9 and 59.4), so steps of 2-8 rows (beams, speculative verification, small
+batches) use it.
 """
 
 from __future__ import annotations
@@ -108,7 +115,7 @@ if triton is not None:
 
     @triton.jit
     def int4_mma_kernel(x_ptr, w_ptr, r_ptr, out_ptr, M, G, GPC, stride_xm, stride_om,
-                        NW: tl.constexpr, S: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr):
+                        NW: tl.constexpr, S: tl.constexpr, ASM: tl.constexpr):
         """x_ptr: x (M, K) bf16 read as int64 quads (row stride stride_xm quads); w_ptr: words (P, GPC * S / 4,
         NW * 128) int32; r_ptr: records (P, G, 8) int64; out_ptr: (M, 16 P). S = k-steps a group (group
         size / 16); chain w takes groups [w GPC, (w + 1) GPC), those past G masked (zero words, no x)."""
@@ -123,7 +130,7 @@ if triton is not None:
         if ASM:
             acc = tl.zeros((E,), dtype=tl.float32)
             x_at = x_ptr + tl.minimum(g, M - 1) * stride_xm + quad                  # B column n = row n of x
-            if PREFETCH:                                                          # group 128: the next group's
+            if S == 8:                                                            # group 128: the next group's
                 w0, w1, x0, x1, rec = group_inputs(words_at, x_at, rec_at, g < M, 0, w, GPC, G, E)   # loads in flight
                 for gi in range(GPC):
                     ahead = group_inputs(words_at, x_at, rec_at, g < M, tl.minimum(gi + 1, GPC - 1), w, GPC, G, E)
@@ -172,27 +179,19 @@ if triton is not None:
 
 
 @functools.cache
-def check_layout(device: torch.device, chains: int) -> None:
-    """Raise InputError unless this Triton gives thread e // 4 the elements e of the words' tensors on
-    `device` (the order the words are shuffled into; a Triton whose layouts differ would multiply the
-    wrong fragments)."""
+def layout_ok(device: torch.device, chains: int) -> bool:
+    """Whether this Triton gives thread e // 4 the elements e of the words' tensors on `device` (the order
+    the words are shuffled into; a Triton whose layouts differ would multiply the wrong fragments)."""
     E = 128 * chains
     words = torch.zeros(E, dtype=torch.int32, device=device)
     threads = torch.empty(E, dtype=torch.int32, device=device)
     lane_probe_kernel[(1,)](words, threads, NW=chains, num_warps=chains)
-    if not torch.equal(threads.cpu(), torch.arange(E, dtype=torch.int32) // 4):
-        raise InputError(f"int4_mma: Triton {triton.__version__} lays out a ({E},) load across threads otherwise than "
-                         f"the mma layout assumes (thread e // 4 holds element e); use the int4 gemv layout instead")
+    return torch.equal(threads.cpu(), torch.arange(E, dtype=torch.int32) // 4)
 
 
-def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int,
-                    prefetch: bool = False) -> torch.Tensor:
-    """x (M, K) bf16, M <= 8, a weight in the mma layout (llamafn.quant.mma) -> x @ w^T (M, N) bf16.
-    `prefetch` (group 128): each warp loads group i + 1 before it multiplies group i (two groups of loads in
-    flight)."""
+def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int) -> torch.Tensor:
+    """x (M, K) bf16, M <= 8, a weight in the mma layout (llamafn.quant.mma) -> x @ w^T (M, N) bf16."""
     M, K = x.shape
-    if prefetch and group_size != 128:
-        raise InputError(f"int4_mma's prefetch is written for groups of 128, got {group_size}")
     if M > MAX_ROWS or x.dtype != torch.bfloat16 or K % 4:
         raise InputError(f"int4_mma takes 1-{MAX_ROWS} bf16 rows with K a multiple of 4, got {tuple(x.shape)} "
                          f"{x.dtype}")
@@ -202,14 +201,13 @@ def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor,
     quads = x.view(torch.int64)                                                    # (M, K/4) 8-byte quads of x
     out = torch.empty(M, 16 * P, dtype=torch.bfloat16, device=x.device)
     launcher(int4_mma_kernel)[(P,)](quads, words, records, out, M, G, -(-G // chains), quads.stride(0), out.stride(0),
-                                     NW=chains, S=group_size // 16, ASM=not INTERPRET, PREFETCH=prefetch,
+                                     NW=chains, S=group_size // 16, ASM=not INTERPRET,
                                      **({} if INTERPRET else {"num_warps": chains}))
     return out
 
 
 if triton is not None:
     @torch.library.triton_op("llamafn::int4_mma", mutates_args=())
-    def int4_mma(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int,
-                 prefetch: bool = False) -> torch.Tensor:
+    def int4_mma(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int) -> torch.Tensor:
         """x (M <= 8, K) bf16 @ an int4 weight in the mma layout (Int4MmaWeight)^T -> (M, N), on the GPU."""
-        return int4_mma_launch(x, words, records, group_size, prefetch)
+        return int4_mma_launch(x, words, records, group_size)

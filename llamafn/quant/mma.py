@@ -16,17 +16,35 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..kernels.int4_mma import check_layout
+from ..kernels import int4_mma
 from .formats import Int4MmaWeight, Int4Weight, pack_int4, unpack_int4
 
 GROUP_SIZES = (64, 128, 256)              # a group holds at least 4 k-steps of 16: one invocation of the PTX
-CHAINS = 4                                # warps a tile by default (not yet measured against 1, 2 and 8)
+WARPS_IN_FLIGHT = 3072                    # tiles x chains to aim for (about 23 warps an SM on 132 SMs)
 
 
 def fits(n: int, k: int, group_size: int) -> bool:
     """Whether an (n, k) int4 weight in groups of group_size takes the layout: rows in tiles of 16, whole
     groups of at least 4 k-steps."""
     return group_size in GROUP_SIZES and n % 16 == 0 and k % group_size == 0
+
+
+def available(device: torch.device, chains: int = 8) -> bool:
+    """Whether the kernel runs on `device` with `chains` warps a tile: a CUDA GPU with tensor cores for bf16
+    (sm80+) and Triton laying out the words as the layout assumes (probed once a device)."""
+    return (device.type == "cuda" and int4_mma.triton is not None and torch.cuda.get_device_capability(device)[0] >= 8
+            and int4_mma.layout_ok(device, chains))
+
+
+def chains_for(n: int) -> int:
+    """Warps a tile for an n-row weight: the most of 1, 2, 4, 8 that keeps tiles x chains within
+    WARPS_IN_FLIGHT. On an H100 at 7B shapes (benchmarks/results/quant-nvidia-h100-80gb-hbm3.json) this
+    picks the fastest count, or one within 2%, for every layer at 1-8 rows: 4 for wqkv (768 tiles), 8 for
+    wo and w2 (256), 2 for w13 (1376)."""
+    chains = 8
+    while chains > 1 and (n // 16) * chains > WARPS_IN_FLIGHT:
+        chains //= 2
+    return chains
 
 
 def lane_columns(P: int, steps: int, chains: int, group_size: int, device) -> tuple:
@@ -57,14 +75,16 @@ def from_bf16_bits(bits: torch.Tensor) -> torch.Tensor:
     return (bits & 0xFFFF).to(torch.int32).to(torch.int16).view(torch.bfloat16)
 
 
-def to_mma(w: Int4Weight, chains: int = CHAINS) -> Int4MmaWeight:
-    """w in the mma layout with `chains` warps a tile (1, 2, 4 or 8)."""
+def to_mma(w: Int4Weight, chains: int | None = None) -> Int4MmaWeight:
+    """w in the mma layout with `chains` warps a tile (1, 2, 4 or 8; by default `chains_for` its rows)."""
     (N, K), group = w.shape, w.group_size
+    chains = chains_for(N) if chains is None else chains
     if not fits(N, K, group) or chains not in (1, 2, 4, 8):
         raise InputError(f"the int4 mma layout needs rows in tiles of 16, whole groups of {GROUP_SIZES} and 1, 2, 4 "
                          f"or 8 warps a tile; got {N}x{K} in groups of {group}, {chains} warps")
-    if w.q.is_cuda:
-        check_layout(w.q.device, chains)
+    if w.q.is_cuda and not available(w.q.device, chains):
+        raise InputError(f"the int4 mma layout: this Triton lays out a ({128 * chains},) load across threads otherwise "
+                         f"than the kernel assumes (thread e // 4 holds element e); use the int4 gemv layout instead")
     steps = -(-(K // group) // chains) * group // 16                             # k-steps a chain
     r_lo, r_hi, c0 = lane_columns(N // 16, steps, chains, group, w.q.device)
     codes = F.pad(unpack_int4(w.q).to(torch.int64), (0, steps * 16 * chains - K))  # the last chain's missing groups

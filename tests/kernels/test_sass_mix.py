@@ -68,7 +68,7 @@ def test_mma_gemv_loop_runs_on_the_tensor_cores_without_barriers():
                          text=True, env=env, cwd=SCRIPT.parents[1], timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     lines = [line for line in run.stdout.splitlines() if "instructions a loop" in line]
-    assert len(lines) == 8, run.stdout                                           # 1-8 warps, prefetch or not
+    assert len(lines) == 4, run.stdout                                           # 1, 2, 4, 8 warps
     for line in lines:
         assert re.search(r"HMMA 8, BAR 0, shared 0, spills 0$", line), line
         assert float(re.search(r"([\d.]+) a weight", line).group(1)) < 2.5, line

@@ -97,7 +97,7 @@ def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
 def mma_paths(x: torch.Tensor, copies: list) -> dict:
     """The tensor-core int4 GEMV (llamafn.kernels.int4_mma) at 1, 2, 4 and 8 warps a tile, where it fits."""
     w, M = copies[0], x.shape[0]
-    if M > int4_mma.MAX_ROWS or x.dtype != torch.bfloat16 or not mma.fits(*w.shape, w.group_size):
+    if x.dtype != torch.bfloat16 or not mma.fits(*w.shape, w.group_size):
         return {}
     return {f"triton mma, {chains} warps a tile": (
         lambda x, w: torch.ops.llamafn.int4_mma(x, w.words, w.records, w.group_size),

@@ -1,4 +1,4 @@
-"""int4 GEMV for one to eight rows on the tensor cores, after Marlin (Frantar, Castro, Chen, Hoefler and
+"""int4 GEMV for decode steps of one to eight rows on the tensor cores, after Marlin (Frantar, Castro, Chen, Hoefler and
 Alistarh 2024, "MARLIN: Mixed-Precision Auto-Regressive Parallel Inference on Large Language Models"), in
 Triton through inline PTX.
 
@@ -12,7 +12,7 @@ fp32 partial sums every four k-steps. In the sm_90 SASS the loop takes 2.23-2.41
 at group 128 (`python scripts/sass_mix.py --kernel int4-mma`) against 3.6-3.7 for the packed-bf16
 CUDA-core GEMV (llamafn.kernels.quant_gemv), which is bound by instruction issue.
 
-A program is one 16-row tile of the weight; its NW warps (chains) split the groups of K between them,
+A program is one 16-row tile of the weight times 8 rows of x; its NW warps (chains) split the groups of K between them,
 ceil(G / NW) each (loads past the last group masked), and add their partial sums at the end. At group 128
 a warp loads group i + 1 before it multiplies group i (in the SASS ptxas places those loads after the
 group's HMMAs, so two groups of loads are in flight); the other group sizes load a group, then multiply it.
@@ -27,11 +27,12 @@ are tested on the CPU, the PTX on a GPU.
 Measured on an H100 80GB HBM3 at Llama-2-7B shapes, group 128 (`python scripts/bench_quant.py --schemes
 int4-g128 --kernel-rows 1,2,4,8 --parts kernels`, benchmarks/results/quant-nvidia-h100-80gb-hbm3.json),
 with the chains of `llamafn.quant.mma.chains_for`: at one row it is as fast as the packed-bf16 GEMV on
-wqkv and w13 (12.9 and 20.9 us against 13.1 and 21.5) and slower on wo and w2 (7.7 and 13.8 us against
-6.6 and 12.6: 256 tiles leave too few loads in flight), so batch-1 decode keeps that GEMV; at 2-8 rows
-it takes 1.0-1.2x its one-row time where the Triton dot kernel takes 2-4x and tinygemm 1.3-2.6x (w13 at
-8 rows: 22.4 us against 44.9 and 59.4), so steps of 2-8 rows (beams, speculative verification, small
-batches) use it.
+wqkv and w13 (12.9 and 21.0 us against 13.1 and 21.5) and slower on wo and w2 (7.7 and 13.8 us against
+6.6 and 12.6: 256 tiles leave too few loads in flight), so batch-1 decode keeps that GEMV; at 8 rows
+the four layers take 60.2 us against its own 55.4 at one row, where the Triton dot kernel takes 143.5 and
+tinygemm 139.2, so steps of 2-8 rows (beams, speculative verification, small batches) use it: the
+compiled 7B int4 step at batch 8 ran at 3097 tok/s against 1550 on the dot kernel, on one machine.
+More rows than 8 run 8 a program (prefill; decode layouts switch to the dot kernel past 8).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import torch
 from ..errors import InputError
 from .runtime import INTERPRET, launcher, triton
 
-MAX_ROWS = 8                              # the columns of B
+ROWS_A_PROGRAM = 8                        # the columns of B: rows of x a program multiplies
 
 if triton is not None:
     import triton.language as tl
@@ -119,7 +120,10 @@ if triton is not None:
         """x_ptr: x (M, K) bf16 read as int64 quads (row stride stride_xm quads); w_ptr: words (P, GPC * S / 4,
         NW * 128) int32; r_ptr: records (P, G, 8) int64; out_ptr: (M, 16 P). S = k-steps a group (group
         size / 16); chain w takes groups [w GPC, (w + 1) GPC), those past G masked (zero words, no x)."""
-        p = tl.program_id(0)
+        p, c = tl.program_id(0), tl.program_id(1)                              # tile p, rows 8 c.. of x
+        x_ptr += c * 8 * stride_xm
+        out_ptr += c * 8 * stride_om
+        M = tl.minimum(M - 8 * c, 8)
         E: tl.constexpr = NW * 128
         e = tl.arange(0, E)
         w, lane, j = e // 128, (e // 4) % 32, e % 4
@@ -190,24 +194,25 @@ def layout_ok(device: torch.device, chains: int) -> bool:
 
 
 def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int) -> torch.Tensor:
-    """x (M, K) bf16, M <= 8, a weight in the mma layout (llamafn.quant.mma) -> x @ w^T (M, N) bf16."""
+    """x (M, K) bf16, a weight in the mma layout (llamafn.quant.mma) -> x @ w^T (M, N) bf16; each program
+    multiplies 8 rows of x by one tile."""
     M, K = x.shape
-    if M > MAX_ROWS or x.dtype != torch.bfloat16 or K % 4:
-        raise InputError(f"int4_mma takes 1-{MAX_ROWS} bf16 rows with K a multiple of 4, got {tuple(x.shape)} "
-                         f"{x.dtype}")
+    if x.dtype != torch.bfloat16 or K % 4:
+        raise InputError(f"int4_mma takes bf16 rows with K a multiple of 4, got {tuple(x.shape)} {x.dtype}")
     P, chains, G = records.shape[0], words.shape[2] // 128, records.shape[1]
     if not x.is_contiguous() or x.storage_offset() % 4 or x.stride(0) % 4:
         x = x.clone(memory_format=torch.contiguous_format)
     quads = x.view(torch.int64)                                                    # (M, K/4) 8-byte quads of x
     out = torch.empty(M, 16 * P, dtype=torch.bfloat16, device=x.device)
-    launcher(int4_mma_kernel)[(P,)](quads, words, records, out, M, G, -(-G // chains), quads.stride(0), out.stride(0),
-                                     NW=chains, S=group_size // 16, ASM=not INTERPRET,
-                                     **({} if INTERPRET else {"num_warps": chains}))
+    if M:
+        launcher(int4_mma_kernel)[(P, -(-M // ROWS_A_PROGRAM))](
+            quads, words, records, out, M, G, -(-G // chains), quads.stride(0), out.stride(0), NW=chains,
+            S=group_size // 16, ASM=not INTERPRET, **({} if INTERPRET else {"num_warps": chains}))
     return out
 
 
 if triton is not None:
     @torch.library.triton_op("llamafn::int4_mma", mutates_args=())
     def int4_mma(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int) -> torch.Tensor:
-        """x (M <= 8, K) bf16 @ an int4 weight in the mma layout (Int4MmaWeight)^T -> (M, N), on the GPU."""
+        """x (M, K) bf16 @ an int4 weight in the mma layout (Int4MmaWeight)^T -> (M, N), on the GPU."""
         return int4_mma_launch(x, words, records, group_size)

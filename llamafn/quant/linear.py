@@ -9,8 +9,8 @@ weight's type, so every layer works unchanged on float and on quantised params.
   orders, under the same conditions;
 - `Int4TinyGemmWeight` (llamafn.quant.tinygemm, batch-1 decode on a GPU): PyTorch's tinygemm kernel, at
   any row count;
-- `Int4MmaWeight` (llamafn.quant.mma) on a GPU, 1-8 bf16 rows: the tensor-core int4 GEMV
-  (llamafn.kernels.int4_mma);
+- `Int4MmaWeight` (llamafn.quant.mma) on a GPU, up to `KERNEL_MAX_ROWS` bf16 rows: the tensor-core int4
+  GEMV (llamafn.kernels.int4_mma), 8 rows a program;
 - otherwise (the CPU, or prefill's many rows, where the product is compute-bound and one dequantise
   pass is small next to it): dequantise to the activations' dtype and `F.linear` (cuBLAS).
 """
@@ -38,7 +38,7 @@ def linear(x: torch.Tensor, w: torch.Tensor | QuantWeight) -> torch.Tensor:
         out = tinygemm_matmul(rows, w)
     elif isinstance(w, Int4MmaWeight):
         out = (torch.ops.llamafn.int4_mma(rows.contiguous(), w.words, w.records, w.group_size)
-               if x.is_cuda and triton is not None and rows.shape[0] <= int4_mma.MAX_ROWS and x.dtype == torch.bfloat16
+               if x.is_cuda and triton is not None and rows.shape[0] <= KERNEL_MAX_ROWS and x.dtype == torch.bfloat16
                else F.linear(rows, dequantize(w, x.dtype)))
     elif x.is_cuda and triton is not None and rows.shape[0] <= KERNEL_MAX_ROWS:
         if isinstance(w, (Int8Weight, Int8GemvWeight)):

@@ -47,24 +47,24 @@ def chains_for(n: int) -> int:
     return chains
 
 
-def lane_columns(P: int, steps: int, chains: int, group_size: int, device) -> tuple:
-    """For every (tile p, step i, element e): the rows (16 p + g, + 8) and first column c0 of the 2 x 4
-    weights lane (e // 4) % 32 of warp e // 128 feeds its k-step; each (P, steps / 4, 128 chains)."""
-    p = torch.arange(P, device=device)[:, None, None]
-    i = torch.arange(steps // 4, device=device)[None, :, None]
-    e = torch.arange(chains * 128, device=device)[None, None, :]
-    lane, j = (e // 4) % 32, e % 4
-    g, t = lane // 4, lane % 4
-    kstep = (e // 128) * steps + 4 * i + j
-    S = group_size // 16
-    c0 = group_size * (kstep // S) + (group_size // 4) * t + 4 * (kstep % S)
-    return 16 * p + g, 16 * p + g + 8, c0
+def to_fragments(codes: torch.Tensor, chains: int, group: int) -> torch.Tensor:
+    """codes (N, Kp) (Kp = chains x groups a chain x group) -> the words' nibbles (P, steps / 4, chains, g, t, j,
+    8): lane (g, t) of warp `chain` feeds k-step 4 i + j of its chain rows 16 p + g + 8 h at columns
+    group/4 t + 4 s + 2 pair + half of its group (s the k-step in the group), as bit 16 half + 8 pair + 4 h
+    of its word. A permutation of axes."""
+    N, Kp = codes.shape
+    S, gpc = group // 16, Kp // (chains * group)
+    v = codes.view(N // 16, 2, 8, chains, gpc, 4, S, 2, 2)                      # (p, h, g, w, gi, t, s, pair, half)
+    v = v.permute(0, 3, 4, 6, 2, 5, 8, 7, 1).reshape(N // 16, chains, gpc * S // 4, 4, 8, 4, 8)  # (p, w, i, j, g, t, bit)
+    return v.permute(0, 2, 1, 4, 5, 3, 6)                                       # (p, i, w, g, t, j, bit)
 
 
-def pair_slots(r_lo, r_hi, c0) -> list:
-    """(row, column) of the low and high nibble of pairs 0-3 of a word (bits 4 k and 16 + 4 k)."""
-    return [((r_lo, c0), (r_lo, c0 + 1)), ((r_hi, c0), (r_hi, c0 + 1)),
-            ((r_lo, c0 + 2), (r_lo, c0 + 3)), ((r_hi, c0 + 2), (r_hi, c0 + 3))]
+def from_fragments(nibbles: torch.Tensor, group: int) -> torch.Tensor:
+    """The inverse of to_fragments: (P, steps / 4, chains, g, t, j, 8) -> codes (N, Kp)."""
+    P, I, chains = nibbles.shape[:3]
+    S = group // 16
+    v = nibbles.permute(0, 2, 1, 5, 3, 4, 6).reshape(P, chains, 4 * I // S, S, 8, 4, 2, 2, 2)  # (p, w, gi, s, g, t, half, pair, h)
+    return v.permute(0, 8, 4, 1, 2, 5, 3, 7, 6).reshape(16 * P, -1)             # (p, h, g, w, gi, t, s, pair, half)
 
 
 def bf16_bits(v: torch.Tensor) -> torch.Tensor:
@@ -85,30 +85,23 @@ def to_mma(w: Int4Weight, chains: int | None = None) -> Int4MmaWeight:
     if w.q.is_cuda and not available(w.q.device, chains):
         raise InputError(f"the int4 mma layout: this Triton lays out a ({128 * chains},) load across threads otherwise "
                          f"than the kernel assumes (thread e // 4 holds element e); use the int4 gemv layout instead")
-    steps = -(-(K // group) // chains) * group // 16                             # k-steps a chain
-    r_lo, r_hi, c0 = lane_columns(N // 16, steps, chains, group, w.q.device)
-    codes = F.pad(unpack_int4(w.q).to(torch.int64), (0, steps * 16 * chains - K))  # the last chain's missing groups
-    words = sum((codes[lo] << (4 * k)) | (codes[hi] << (16 + 4 * k)) for k, (lo, hi) in
-                enumerate(pair_slots(r_lo, r_hi, c0)))
-    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    padded = -(-(K // group) // chains) * chains * group                        # the last chain's missing groups
+    nibbles = to_fragments(F.pad(unpack_int4(w.q), (0, padded - K)), chains, group).to(torch.int32)
+    words = (nibbles << (4 * torch.arange(8, dtype=torch.int32, device=w.q.device))).sum(-1, dtype=torch.int32)
     rows = torch.arange(N, device=w.q.device).view(N // 16, 16)
 
     def halves(v: torch.Tensor) -> torch.Tensor:                                 # (N, G) -> bits of rows g | g + 8
         return bf16_bits(v[rows[:, :8]]).transpose(1, 2) | (bf16_bits(v[rows[:, 8:]]).transpose(1, 2) << 16)
     records = halves(w.scale.float()) | (halves(-(128.0 + w.zero.float())) << 32)
-    return Int4MmaWeight(words.contiguous(), records.contiguous())
+    return Int4MmaWeight(words.reshape(N // 16, -1, 128 * chains), records.contiguous())
 
 
 def to_natural(w: Int4MmaWeight) -> Int4Weight:
     """The Int4Weight an Int4MmaWeight stands for (scales in bf16)."""
-    (N, K), group, chains = w.shape, w.group_size, w.words.shape[2] // 128
-    steps = 4 * w.words.shape[1]
-    r_lo, r_hi, c0 = lane_columns(N // 16, steps, chains, group, w.words.device)
-    words = w.words.to(torch.int64) & 0xFFFFFFFF
-    codes = torch.empty(N, steps * 16 * chains, dtype=torch.uint8, device=w.words.device)
-    for k, (lo, hi) in enumerate(pair_slots(r_lo, r_hi, c0)):
-        codes[lo] = ((words >> (4 * k)) & 15).to(torch.uint8)
-        codes[hi] = ((words >> (16 + 4 * k)) & 15).to(torch.uint8)
+    (N, K), group = w.shape, w.group_size
+    P, I, E = w.words.shape
+    nibbles = (w.words[..., None] >> (4 * torch.arange(8, dtype=torch.int32, device=w.words.device))) & 15
+    codes = from_fragments(nibbles.to(torch.uint8).view(P, I, E // 128, 8, 4, 4, 8), group)
 
     def rows_of(bits: torch.Tensor) -> torch.Tensor:                              # (P, G, 8) halves -> (N, G)
         lo, hi = from_bf16_bits(bits), from_bf16_bits(bits >> 16)

@@ -126,11 +126,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                   group_size=int4_group_size(args))
     k = speculative_k(args)
     rows_a_step = args.beams if args.beams > 1 else k + 1 if args.speculative else 1
-    if (rows_a_step <= quant.tinygemm.FASTER_UP_TO_ROWS and device.startswith("cuda")
-            and quant.tinygemm.available(torch.device(device)) and not (rows_a_step == 1 and dtype == torch.bfloat16)):
-        params = quant.for_tinygemm(params)             # 2-4 rows a step (or not bf16): tinygemm is the faster int4
-    if rows_a_step == 1 and device.startswith("cuda"):
-        params = quant.for_gemv(params)                 # the rest in the GEMVs' plane orders: they read x as it is
+    params = quant.for_decode(params, rows_a_step, dtype)
     if tok.vocab_size > cfg.vocab_size:
         raise TokenizerError(f"tokenizer {tok.path} has {tok.vocab_size} tokens but the model's vocabulary "
                              f"has {cfg.vocab_size}: they do not belong together")

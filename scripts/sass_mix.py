@@ -7,11 +7,13 @@ barriers, shared-memory operations and spills (local memory). The GEMV was shape
 GPU time was spent: the kernel it replaced had 12-20 barriers an iteration and 11.5 instructions a weight.
 
     python scripts/sass_mix.py --kernel int4 --group 128 [--rows 1]
+    python scripts/sass_mix.py --kernel int4-mma --group 128
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import subprocess
 import sys
@@ -23,15 +25,18 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from llamafn.kernels import quant_gemv
+from llamafn.kernels import int4_mma, quant_gemv
 
 ARGS = {
     "int8": ["x_ptr:*bf16", "q_ptr:*i32", "s_ptr:*bf16", "out_ptr:*bf16", "N:i32", "KW:i32", "stride_xm:i32",
              "stride_qn:i32", "stride_om:i32", "magic:i32"],
     "int4": ["x_ptr:*i32", "q_ptr:*i32", "s_ptr:*bf16", "z_ptr:*u8", "out_ptr:*bf16", "N:i32", "G:i32",
              "stride_xm:i32", "stride_qn:i32", "stride_sn:i32", "stride_om:i32"],
+    "int4-mma": ["x_ptr:*i64", "w_ptr:*i32", "r_ptr:*i64", "out_ptr:*bf16", "M:i32", "G:i32", "GPC:i32",
+                 "stride_xm:i32", "stride_om:i32"],
 }
-MULTIPLES_OF_16 = {"x_ptr", "q_ptr", "s_ptr", "z_ptr", "out_ptr", "N", "KW", "stride_xm", "stride_qn", "stride_om", "magic"}
+MULTIPLES_OF_16 = {"x_ptr", "q_ptr", "s_ptr", "z_ptr", "out_ptr", "N", "KW", "stride_xm", "stride_qn", "stride_om", "magic",
+                   "w_ptr", "r_ptr"}
 
 
 def compile_sm90(kernel, args: list[str], constexprs: dict, num_warps: int):
@@ -63,12 +68,28 @@ def loop_opcodes(sass: str) -> Counter:
     return Counter()
 
 
+def mma_mix(group: int) -> int:
+    """The tensor-core int4 GEMV's loop at 1, 2, 4 and 8 warps a tile: a thread takes 8 weights a word, 4
+    words a step, group / 64 steps a loop."""
+    for chains in (1, 2, 4, 8):
+        compiled = compile_sm90(int4_mma.int4_mma_kernel, ARGS["int4-mma"],
+                                {"NW": chains, "S": group // 16, "ASM": True}, chains)
+        sass = disassemble(compiled.asm["cubin"])
+        ops = loop_opcodes(sass)
+        total, weights = sum(ops.values()), 8 * 4 * group // 64
+        print(f"warps a tile={chains}: {total} instructions a loop, "
+              f"{total / weights:.2f} a weight; HMMA {ops['HMMA']}, BAR {ops['BAR']}, shared {ops['LDS'] + ops['STS']}, spills {sass.count('LDL') + sass.count('STL')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="sass_mix", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kernel", choices=("int8", "int4"), default="int4")
+    ap.add_argument("--kernel", choices=("int8", "int4", "int4-mma"), default="int4")
     ap.add_argument("--group", type=int, default=128, help="int4 group size")
     ap.add_argument("--rows", type=int, help="only the configs with this many rows a program (BLOCK_N)")
     args = ap.parse_args(argv)
+    if args.kernel == "int4-mma":
+        return mma_mix(args.group)
     kernel = quant_gemv.int8_gemv_kernel if args.kernel == "int8" else quant_gemv.int4_gemv_kernel
     for config in quant_gemv.gemv_configs(args.kernel, args.group):
         if args.rows is not None and config.kwargs["BLOCK_N"] != args.rows:

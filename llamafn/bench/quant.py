@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from ..config import preset
-from ..kernels import quant_gemv, quant_matmul
+from ..kernels import int4_mma, quant_gemv, quant_matmul
 from ..model import forward
 from ..params import fuse, init_params, nbytes
-from ..quant import dequantize, planar, quantize, tinygemm
+from ..quant import dequantize, mma, planar, quantize, tinygemm
 from ..quant.formats import quantize_weight
 from .ceilings import copies_past_l2, measure, time_in_graph, write_results
 from .decode import compiled_decode, log, profile_step
@@ -32,7 +32,8 @@ from .decode import compiled_decode, log, profile_step
 
 def parse_scheme(name: str) -> tuple[str, int]:
     """'int4-g32' -> ('int4', 32); 'int8' -> ('int8', 0); 'bf16' -> ('bf16', 0). A decode scheme may end in
-    a run-time layout, '+tinygemm' (int4) or '+gemv' (int8, int4; `decode_params`), which is not part of the pair."""
+    a run-time layout, '+tinygemm' or '+mma' (int4) or '+gemv' (int8, int4; `decode_params`), which is not part of
+    the pair."""
     scheme, _, group = name.partition("+")[0].partition("-g")
     return scheme, int(group or 0)
 
@@ -43,7 +44,7 @@ def decode_params(params, name: str, head: bool = False):
     if scheme == "bf16":
         return params
     p = quantize(params, scheme, group_size=group or 128, output=head)
-    layouts = {"": lambda p: p, "tinygemm": tinygemm.for_tinygemm, "gemv": planar.for_gemv}
+    layouts = {"": lambda p: p, "tinygemm": tinygemm.for_tinygemm, "gemv": planar.for_gemv, "mma": mma.for_mma}
     return layouts[name.partition("+")[2]](p)
 
 
@@ -84,12 +85,23 @@ def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
         paths["triton, planar weight"] = (
             lambda x, w: torch.ops.llamafn.int4_matmul(x, w.q, w.scale, w.zero, w.group_size, True),
             [planar.to_planar(w) for w in copies])
+        paths.update(mma_paths(x, copies))
         if M <= 64 and tinygemm.available(x.device):
             paths["tinygemm (torch._weight_int4pack_mm)"] = (tinygemm.tinygemm_matmul,
                                                              [tinygemm.to_tinygemm(w) for w in copies])
     if M >= 128:
         paths["dequantize + cuBLAS"] = (lambda x, w: F.linear(x, dequantize(w, x.dtype)), copies)
     return paths
+
+
+def mma_paths(x: torch.Tensor, copies: list) -> dict:
+    """The tensor-core int4 GEMV (llamafn.kernels.int4_mma) at 1, 2, 4 and 8 warps a tile, where it fits."""
+    w, M = copies[0], x.shape[0]
+    if x.dtype != torch.bfloat16 or not mma.fits(*w.shape, w.group_size):
+        return {}
+    return {f"triton mma, {chains} warps a tile": (
+        lambda x, w: torch.ops.llamafn.int4_mma(x, w.words, w.records, w.group_size),
+        [mma.to_mma(c, chains) for c in copies]) for chains in (1, 2, 4, 8)}
 
 
 def kernel_rows(cfg, rows: list[int], schemes: list[str], copy_GBps: float) -> list[dict]:

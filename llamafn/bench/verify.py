@@ -7,12 +7,16 @@
 - beam search's per-step overhead against greedy for 1..8 beams: the step over num_beams rows plus
   the cache row reorder (`cache.reorder`, an index_select of every layer's K and V).
 
-    python scripts/bench_verify.py --preset llama-2-7b --context 512
+With `--weights int8|int4-g128|...` the weights are quantised and every row count runs in the layouts
+`llamafn generate` picks for it (llamafn.quant.for_decode).
+
+    python scripts/bench_verify.py --preset llama-2-7b --context 512 [--weights int4-g128]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 import torch
@@ -21,7 +25,9 @@ from .. import cache as kv
 from ..config import preset
 from ..model import forward
 from ..params import fuse, init_params
+from ..quant import for_decode, quantize
 from .ceilings import graphed, measure, median_cuda_time, write_results
+from .quant import parse_scheme
 
 
 def forward_time(params, cfg, batch: int, n_tokens: int, context: int) -> float:
@@ -49,19 +55,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="llama-2-7b")
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--draft-cost", type=float, default=0.05, help="draft step time / target step time")
+    ap.add_argument("--weights", default="bf16", help="bf16, int8 or int4-gN (N: 32, 64, 128, 256)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
+    scheme, group = parse_scheme(args.weights) if re.fullmatch(r"bf16|int8|int4-g\d+", args.weights) else ("", 0)
+    if not scheme:
+        ap.error(f"--weights takes bf16, int8 or int4-gN, got {args.weights!r}")
     if not torch.cuda.is_available():
         print("bench_verify: needs a CUDA GPU", file=sys.stderr)
         return 1
     cfg = preset(args.preset)
     params = fuse(init_params(cfg, generator=torch.Generator("cuda").manual_seed(0), dtype=torch.bfloat16, device="cuda"))
-    results: dict = {"benchmark": "verify", "preset": args.preset, "context": args.context,
+    if scheme != "bf16":
+        params = quantize(params, scheme, group_size=group or 128)
+
+    def time_rows(batch: int, n_tokens: int) -> float:
+        """forward_time in the layouts for batch x n_tokens rows a step."""
+        return forward_time(for_decode(params, batch * n_tokens, torch.bfloat16), cfg, batch, n_tokens, args.context)
+
+    results: dict = {"benchmark": "verify", "preset": args.preset, "context": args.context, "weights": args.weights,
                      "command": "python scripts/bench_verify.py " + " ".join(argv or sys.argv[1:]),
                      "ceilings": measure(), "verify": [], "beams": []}
-    t1 = forward_time(params, cfg, 1, 1, args.context)
+    t1 = time_rows(1, 1)
     for k in range(1, 9):
-        tk = forward_time(params, cfg, 1, k + 1, args.context)
+        tk = time_rows(1, k + 1)
         row = {"k": k, "verify_ms": round(tk * 1e3, 3), "step_ms": round(t1 * 1e3, 3), "ratio": round(tk / t1, 3)}
         for a in (0.6, 0.8, 0.9):
             expected = (1 - a ** (k + 1)) / (1 - a)
@@ -69,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         results["verify"].append(row)
         print(row, flush=True)
     for beams in (1, 2, 4, 8):
-        step = forward_time(params, cfg, beams, 1, args.context)
+        step = time_rows(beams, 1)
         reorder = reorder_time(cfg, beams, args.context)
         row = {"beams": beams, "step_ms": round(step * 1e3, 3), "reorder_ms": round(reorder * 1e3, 3),
                "overhead_vs_greedy": round((step + reorder) / t1, 3)}
         results["beams"].append(row)
         print(row, flush=True)
-    print(f"wrote {write_results(results, args.out, 'verify')}")
+    name = "verify" if scheme == "bf16" else f"verify-{args.weights}"
+    print(f"wrote {write_results(results, args.out, name)}")
     return 0
 
 

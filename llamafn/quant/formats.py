@@ -13,6 +13,8 @@ the params dict where a (out_features, in_features) matrix sat.
   (llamafn.quant.planar); a run-time layout that is never saved, for matrices only.
 - `Int4GemvWeight`: an Int4Weight (whole groups) with each group's nibbles in the int4 GEMV's group-plane
   order (llamafn.quant.planar); a run-time layout that is never saved, for matrices only.
+- `Int4MmaWeight`: an Int4Weight in the tensor-core GEMV's fragment order, tiles of 16 output channels on
+  dim 0 (llamafn.quant.mma); a run-time layout that is never saved, for matrices only.
 
 Every field has the output channels on dim 0, so row gathers (embedding lookups) and row concatenation
 (`params.fuse`) act field by field. The group size is not stored: it is the power of two for which
@@ -109,7 +111,24 @@ class Int4GemvWeight(NamedTuple):
     group_size = GROUP_SIZE
 
 
-QuantWeight = Int8Weight | Int4Weight | Int4TinyGemmWeight | Int8GemvWeight | Int4GemvWeight
+class Int4MmaWeight(NamedTuple):
+    """An Int4Weight in the tensor-core GEMV's layout (llamafn.quant.mma): words of 8 nibbles in mma
+    fragment order and a record of bf16 scales and zero points per (tile, group, row pair); a run-time
+    layout, never saved."""
+    words: torch.Tensor    # (N/16, ceil(G/c) group/64, 128 c) int32, c warps a tile, each ceil(G/c) groups
+    records: torch.Tensor  # (N/16, G, 8) int64
+
+    dtype = torch.bfloat16
+    device = property(lambda w: w.words.device)
+    shape = property(lambda w: torch.Size((16 * w.words.shape[0], w.records.shape[1] * w.group_size)))
+
+    @property
+    def group_size(self) -> int:
+        chains = self.words.shape[2] // 128
+        return 64 * self.words.shape[1] // -(-self.records.shape[1] // chains)
+
+
+QuantWeight = Int8Weight | Int4Weight | Int4TinyGemmWeight | Int8GemvWeight | Int4GemvWeight | Int4MmaWeight
 
 
 def is_quantized(w: object) -> bool:
@@ -201,6 +220,9 @@ def dequantize(w: QuantWeight, dtype: torch.dtype | None = None) -> torch.Tensor
         w = Int8Weight(natural_order(w.q), w.scale)
     if isinstance(w, Int4GemvWeight):
         w = Int4Weight(pack_int4(group_natural_order(unpack_int4(w.q), w.group_size)), w.scale, w.zero)
+    if isinstance(w, Int4MmaWeight):
+        from .mma import to_natural                                          # the layout's module imports this one
+        w = to_natural(w)
     if isinstance(w, Int8Weight):
         return (w.q.float() * w.scale.float()[..., None]).to(dtype)
     N, K = w.shape

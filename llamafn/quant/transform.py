@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import InputError
-from .formats import (GROUP_SIZES, Int4GemvWeight, Int4TinyGemmWeight, Int4Weight, Int8GemvWeight, Int8Weight,
-                      dequantize, is_quantized, quantize_weight)
+from .formats import (GROUP_SIZES, Int4GemvWeight, Int4MmaWeight, Int4TinyGemmWeight, Int4Weight, Int8GemvWeight,
+                      Int8Weight, dequantize, is_quantized, quantize_weight)
 
 if TYPE_CHECKING:
     from ..params import Params
@@ -86,8 +86,9 @@ def to_tensors(params: Params) -> dict[str, torch.Tensor]:
     """The storage layout: each quantised weight becomes `<key>.<field>` tensors."""
     out: dict[str, torch.Tensor] = {}
     for k, v in params.items():
-        if isinstance(v, (Int4TinyGemmWeight, Int8GemvWeight, Int4GemvWeight)):
-            made_by = "tinygemm.for_tinygemm" if isinstance(v, Int4TinyGemmWeight) else "planar.for_gemv"
+        if isinstance(v, (Int4TinyGemmWeight, Int8GemvWeight, Int4GemvWeight, Int4MmaWeight)):
+            made_by = {Int4TinyGemmWeight: "tinygemm.for_tinygemm", Int4MmaWeight: "mma.for_mma"}.get(type(v),
+                                                                                                   "planar.for_gemv")
             raise InputError(f"{k} is in a run-time layout ({type(v).__name__}), which is not saved: "
                              f"save the params from before {made_by}")
         if is_quantized(v):

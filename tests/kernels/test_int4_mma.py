@@ -1,0 +1,70 @@
+"""The tensor-core int4 GEMV (llamafn.kernels.int4_mma) against x @ dequantize(w)^T: on the CPU its fp32
+twin in Triton's interpreter checks the words' order, the addresses and the chains' reduction; on a GPU
+the same tests run the PTX."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llamafn.errors import InputError
+from llamafn.kernels import int4_mma
+from llamafn.quant.formats import Int4Weight, pack_int4
+from llamafn.quant.mma import GROUP_SIZES, to_mma
+from tests.kernels.quant_reference import DEVICE, check
+from tests.strategies import seeds
+
+pytestmark = pytest.mark.skipif(int4_mma.triton is None, reason="triton is not installed")
+
+
+def int4_weight(g: torch.Generator, n: int, k: int, group: int) -> Int4Weight:
+    """Nibbles over their whole range, zero points anywhere in [0, 15] and at its ends, bf16 scales."""
+    G = k // group
+    zero = torch.randint(0, 16, (n, G), generator=g)
+    zero[:, 0] = 0
+    zero[:, -1] = 15
+    return Int4Weight(pack_int4(torch.randint(0, 16, (n, k), generator=g)),
+                      (torch.rand(n, G, generator=g) + 0.1).bfloat16(), zero.to(torch.uint8))
+
+
+@given(seeds(), st.integers(1, 20), st.integers(1, 2), st.sampled_from(GROUP_SIZES),
+       st.sampled_from([1, 2, 4, 8]), st.integers(1, 5))
+def test_int4_mma_matches_the_dequantised_product(seed, m, tiles, group, chains, groups):
+    """1-20 rows of x (8 a program, every column of the mma's B, a last program's unused ones masked), 1-2
+    tiles of 16 rows, every group size (on a GPU group 128 takes the prefetching loop; the interpreter's
+    twin has one loop), 1-8 chains a tile over 1-5 groups (the last chains' missing groups masked)."""
+    g = torch.Generator().manual_seed(seed)
+    n, k = 16 * tiles, group * groups
+    w = int4_weight(g, n, k, group)
+    x = torch.randn(m, k, generator=g).bfloat16()
+    m4 = to_mma(Int4Weight(*(f.to(DEVICE) for f in w)), chains)
+    assert m4.words.shape == (tiles, -(-groups // chains) * group // 64, 128 * chains)
+    assert m4.words.dtype == torch.int32 and m4.shape == (n, k) and m4.group_size == group
+    assert m4.records.shape == (tiles, k // group, 8) and m4.records.dtype == torch.int64
+    out = int4_mma.int4_mma_launch(x.to(DEVICE), m4.words, m4.records, group)
+    check(out, x.to(DEVICE), Int4Weight(*(f.to(DEVICE) for f in w)))
+
+
+def test_the_kernel_refuses_rows_that_are_not_bf16():
+    w = to_mma(Int4Weight(pack_int4(torch.zeros(16, 128, dtype=torch.int64)), torch.ones(16, 2).bfloat16(),
+                          torch.zeros(16, 2, dtype=torch.uint8)), 2)
+    with pytest.raises(InputError, match=r"bf16 rows with K a multiple of 4, got \(1, 128\) torch.float32"):
+        int4_mma.int4_mma_launch(torch.zeros(1, 128), w.words, w.records, 64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the layout check runs PTX on a GPU")
+@pytest.mark.parametrize("chains", [1, 2, 4, 8])
+def test_this_triton_lays_out_the_words_as_the_shuffle_assumes(chains):
+    assert int4_mma.layout_ok(torch.device("cuda"), chains)
+
+
+def test_rows_that_start_off_an_8_byte_boundary_are_read_as_quads():
+    """A row view whose storage starts 2 bytes in (x[:, 1:] of a wider buffer) is copied before the int64
+    view of its quads."""
+    g = torch.Generator().manual_seed(0)
+    w = Int4Weight(pack_int4(torch.randint(0, 16, (16, 128), generator=g)), torch.rand(16, 2, generator=g).bfloat16(),
+                   torch.randint(0, 16, (16, 2), generator=g).to(torch.uint8))
+    w = Int4Weight(*(f.to(DEVICE) for f in w))
+    x = torch.randn(1, 129, generator=g).bfloat16().to(DEVICE)[:, 1:]
+    m4 = to_mma(w, 2)
+    check(int4_mma.int4_mma_launch(x, m4.words, m4.records, 64), x, w)

@@ -13,7 +13,6 @@ GPU time was spent: the kernel it replaced had 12-20 barriers an iteration and 1
 from __future__ import annotations
 
 import argparse
-import itertools
 import re
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from llamafn.kernels import int4_mma, quant_gemv
+from llamafn.quant import mma
 
 ARGS = {
     "int8": ["x_ptr:*bf16", "q_ptr:*i32", "s_ptr:*bf16", "out_ptr:*bf16", "N:i32", "KW:i32", "stride_xm:i32",
@@ -69,9 +69,9 @@ def loop_opcodes(sass: str) -> Counter:
 
 
 def mma_mix(group: int) -> int:
-    """The tensor-core int4 GEMV's loop at 1, 2, 4 and 8 warps a tile: a thread takes 8 weights a word, 4
+    """The tensor-core int4 GEMV's loop at every count of warps a tile: a thread takes 8 weights a word, 4
     words a step, group / 64 steps a loop."""
-    for chains in (1, 2, 4, 8):
+    for chains in mma.CHAINS:
         compiled = compile_sm90(int4_mma.int4_mma_kernel, ARGS["int4-mma"],
                                 {"NW": chains, "S": group // 16, "ASM": True}, chains)
         sass = disassemble(compiled.asm["cubin"])

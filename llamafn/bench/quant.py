@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import preset
-from ..kernels import int4_mma, quant_gemv, quant_matmul
+from ..kernels import quant_gemv, quant_matmul
 from ..model import forward
 from ..params import fuse, init_params, nbytes
 from ..quant import dequantize, mma, planar, quantize, tinygemm
@@ -95,13 +95,13 @@ def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
 
 
 def mma_paths(x: torch.Tensor, copies: list) -> dict:
-    """The tensor-core int4 GEMV (llamafn.kernels.int4_mma) at 1, 2, 4 and 8 warps a tile, where it fits."""
-    w, M = copies[0], x.shape[0]
+    """The tensor-core int4 GEMV (llamafn.kernels.int4_mma) at every count of warps a tile, where it fits."""
+    w = copies[0]
     if x.dtype != torch.bfloat16 or not mma.fits(*w.shape, w.group_size):
         return {}
     return {f"triton mma, {chains} warps a tile": (
         lambda x, w: torch.ops.llamafn.int4_mma(x, w.words, w.records, w.group_size),
-        [mma.to_mma(c, chains) for c in copies]) for chains in (1, 2, 4, 8)}
+        [mma.to_mma(c, chains) for c in copies]) for chains in mma.CHAINS}
 
 
 def kernel_rows(cfg, rows: list[int], schemes: list[str], copy_GBps: float) -> list[dict]:

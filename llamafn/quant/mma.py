@@ -20,6 +20,7 @@ from ..kernels import int4_mma
 from .formats import Int4MmaWeight, Int4Weight, pack_int4, unpack_int4
 
 GROUP_SIZES = (64, 128, 256)              # a group holds at least 4 k-steps of 16: one invocation of the PTX
+CHAINS = (1, 2, 4, 8, 16)                 # warps a tile the layout takes
 WARPS_IN_FLIGHT = 3072                    # tiles x chains to aim for (about 23 warps an SM on 132 SMs)
 
 
@@ -76,12 +77,12 @@ def from_bf16_bits(bits: torch.Tensor) -> torch.Tensor:
 
 
 def to_mma(w: Int4Weight, chains: int | None = None) -> Int4MmaWeight:
-    """w in the mma layout with `chains` warps a tile (1, 2, 4 or 8; by default `chains_for` its rows)."""
+    """w in the mma layout with `chains` warps a tile (one of CHAINS; by default `chains_for` its rows)."""
     (N, K), group = w.shape, w.group_size
     chains = chains_for(N) if chains is None else chains
-    if not fits(N, K, group) or chains not in (1, 2, 4, 8):
-        raise InputError(f"the int4 mma layout needs rows in tiles of 16, whole groups of {GROUP_SIZES} and 1, 2, 4 "
-                         f"or 8 warps a tile; got {N}x{K} in groups of {group}, {chains} warps")
+    if not fits(N, K, group) or chains not in CHAINS:
+        raise InputError(f"the int4 mma layout needs rows in tiles of 16, whole groups of {GROUP_SIZES} and {CHAINS} "
+                         f"warps a tile; got {N}x{K} in groups of {group}, {chains} warps")
     if w.q.is_cuda and not available(w.q.device, chains):
         raise InputError(f"the int4 mma layout: this Triton lays out a ({128 * chains},) load across threads otherwise "
                          f"than the kernel assumes (thread e // 4 holds element e); use the int4 gemv layout instead")

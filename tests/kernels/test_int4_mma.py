@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from llamafn.errors import InputError
 from llamafn.kernels import int4_mma
 from llamafn.quant.formats import Int4Weight, pack_int4
-from llamafn.quant.mma import GROUP_SIZES, to_mma
+from llamafn.quant.mma import CHAINS, GROUP_SIZES, to_mma
 from tests.kernels.quant_reference import DEVICE, check
 from tests.strategies import seeds
 
@@ -28,11 +28,11 @@ def int4_weight(g: torch.Generator, n: int, k: int, group: int) -> Int4Weight:
 
 
 @given(seeds(), st.integers(1, 20), st.integers(1, 2), st.sampled_from(GROUP_SIZES),
-       st.sampled_from([1, 2, 4, 8]), st.integers(1, 5))
+       st.sampled_from(CHAINS), st.integers(1, 5))
 def test_int4_mma_matches_the_dequantised_product(seed, m, tiles, group, chains, groups):
     """1-20 rows of x (8 a program, every column of the mma's B, a last program's unused ones masked), 1-2
     tiles of 16 rows, every group size (on a GPU group 128 takes the prefetching loop; the interpreter's
-    twin has one loop), 1-8 chains a tile over 1-5 groups (the last chains' missing groups masked)."""
+    twin has one loop), 1-16 chains a tile over 1-5 groups (the last chains' missing groups masked)."""
     g = torch.Generator().manual_seed(seed)
     n, k = 16 * tiles, group * groups
     w = int4_weight(g, n, k, group)
@@ -53,7 +53,7 @@ def test_the_kernel_refuses_rows_that_are_not_bf16():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the layout check runs PTX on a GPU")
-@pytest.mark.parametrize("chains", [1, 2, 4, 8])
+@pytest.mark.parametrize("chains", CHAINS)
 def test_this_triton_lays_out_the_words_as_the_shuffle_assumes(chains):
     assert int4_mma.layout_ok(torch.device("cuda"), chains)
 

@@ -20,7 +20,7 @@ from ..kernels import int4_mma
 from .formats import Int4MmaWeight, Int4Weight, pack_int4, unpack_int4
 
 GROUP_SIZES = (64, 128, 256)              # a group holds at least 4 k-steps of 16: one invocation of the PTX
-CHAINS = (1, 2, 4, 8, 16)                 # warps a tile the layout takes
+CHAINS = (1, 2, 4, 8)                     # warps a tile the layout takes (16 measured slower on every 7B layer)
 WARPS_IN_FLIGHT = 3072                    # tiles x chains to aim for (about 23 warps an SM on 132 SMs)
 
 
@@ -38,11 +38,11 @@ def available(device: torch.device, chains: int = 8) -> bool:
 
 
 def chains_for(n: int) -> int:
-    """Warps a tile for an n-row weight: the most of 1, 2, 4, 8 that keeps tiles x chains within
-    WARPS_IN_FLIGHT. On an H100 at 7B shapes (benchmarks/results/quant-nvidia-h100-80gb-hbm3.json) this
-    picks the fastest count, or one within 2%, for every layer at 1-8 rows: 4 for wqkv (768 tiles), 8 for
-    wo and w2 (256), 2 for w13 (1376)."""
-    chains = 8
+    """Warps a tile for an n-row weight: the most of CHAINS that keeps tiles x chains within
+    WARPS_IN_FLIGHT. On an H100 at 7B shapes (benchmarks/results/quant-nvidia-h100-80gb-hbm3.json, two
+    leases) this picks the fastest count, or one within 5%, for every layer at 1-8 rows: 4 for wqkv (768
+    tiles), 8 for wo and w2 (256), 2 for w13 (1376)."""
+    chains = max(CHAINS)
     while chains > 1 and (n // 16) * chains > WARPS_IN_FLIGHT:
         chains //= 2
     return chains

@@ -32,7 +32,7 @@ def int4_weight(g: torch.Generator, n: int, k: int, group: int) -> Int4Weight:
 def test_int4_mma_matches_the_dequantised_product(seed, m, tiles, group, chains, groups):
     """1-20 rows of x (8 a program, every column of the mma's B, a last program's unused ones masked), 1-2
     tiles of 16 rows, every group size (on a GPU group 128 takes the prefetching loop; the interpreter's
-    twin has one loop), 1-16 chains a tile over 1-5 groups (the last chains' missing groups masked)."""
+    twin has one loop), 1-8 chains a tile over 1-5 groups (the last chains' missing groups masked)."""
     g = torch.Generator().manual_seed(seed)
     n, k = 16 * tiles, group * groups
     w = int4_weight(g, n, k, group)

@@ -33,7 +33,7 @@ ARGS = {
     "int4": ["x_ptr:*i32", "q_ptr:*i32", "s_ptr:*bf16", "z_ptr:*u8", "out_ptr:*bf16", "N:i32", "G:i32",
              "stride_xm:i32", "stride_qn:i32", "stride_sn:i32", "stride_om:i32"],
     "int4-mma": ["x_ptr:*i64", "w_ptr:*i32", "r_ptr:*i64", "out_ptr:*bf16", "M:i32", "G:i32", "GPC:i32",
-                 "stride_xm:i32", "stride_om:i32"],
+                 "stride_xm:i32", "stride_om:i32", "CHUNKS:i32"],
 }
 MULTIPLES_OF_16 = {"x_ptr", "q_ptr", "s_ptr", "z_ptr", "out_ptr", "N", "KW", "stride_xm", "stride_qn", "stride_om", "magic",
                    "w_ptr", "r_ptr"}

@@ -115,12 +115,14 @@ if triton is not None:
         return words0, words1, x0, x1, tl.load(rec_at + gi * 8, mask=real, other=0)
 
     @triton.jit
-    def int4_mma_kernel(x_ptr, w_ptr, r_ptr, out_ptr, M, G, GPC, stride_xm, stride_om,
+    def int4_mma_kernel(x_ptr, w_ptr, r_ptr, out_ptr, M, G, GPC, stride_xm, stride_om, CHUNKS,
                         NW: tl.constexpr, S: tl.constexpr, ASM: tl.constexpr):
         """x_ptr: x (M, K) bf16 read as int64 quads (row stride stride_xm quads); w_ptr: words (P, GPC * S / 4,
         NW * 128) int32; r_ptr: records (P, G, 8) int64; out_ptr: (M, 16 P). S = k-steps a group (group
-        size / 16); chain w takes groups [w GPC, (w + 1) GPC), those past G masked (zero words, no x)."""
-        p, c = tl.program_id(0), tl.program_id(1)                              # tile p, rows 8 c.. of x
+        size / 16); chain w takes groups [w GPC, (w + 1) GPC), those past G masked (zero words, no x).
+        Program i multiplies tile i // CHUNKS by rows 8 (i % CHUNKS).. of x: the programs of one tile are
+        neighbours, so its re-reads hit L2."""
+        p, c = tl.program_id(0) // CHUNKS, tl.program_id(0) % CHUNKS          # tile p, rows 8 c.. of x
         x_ptr += c * 8 * stride_xm
         out_ptr += c * 8 * stride_om
         M = tl.minimum(M - 8 * c, 8)
@@ -205,8 +207,9 @@ def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor,
     quads = x.view(torch.int64)                                                    # (M, K/4) 8-byte quads of x
     out = torch.empty(M, 16 * P, dtype=torch.bfloat16, device=x.device)
     if M:
-        launcher(int4_mma_kernel)[(P, -(-M // ROWS_A_PROGRAM))](
-            quads, words, records, out, M, G, -(-G // chains), quads.stride(0), out.stride(0), NW=chains,
+        chunks = -(-M // ROWS_A_PROGRAM)
+        launcher(int4_mma_kernel)[(P * chunks,)](
+            quads, words, records, out, M, G, -(-G // chains), quads.stride(0), out.stride(0), chunks, NW=chains,
             S=group_size // 16, ASM=not INTERPRET, **({} if INTERPRET else {"num_warps": chains}))
     return out
 

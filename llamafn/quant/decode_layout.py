@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
 from . import mma, planar, tinygemm
 
 
@@ -23,6 +24,8 @@ LAYOUTS = {"mma": mma.for_mma, "tinygemm": tinygemm.for_tinygemm, "gemv": planar
 
 def layouts_for(rows: int, dtype: torch.dtype, device: torch.device) -> tuple[str, ...]:
     """The LAYOUTS to apply, in order, for decode steps of `rows` rows of `dtype` activations on `device`."""
+    if not isinstance(rows, int) or rows < 1:
+        raise InputError(f"for_decode: rows a step must be an int >= 1, got {rows!r}")
     if device.type != "cuda":
         return ()
     if dtype == torch.bfloat16 and 2 <= rows <= mma.int4_mma.ROWS_A_PROGRAM and mma.available(device):

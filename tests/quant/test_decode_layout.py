@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import llamafn as lf
+from llamafn.errors import InputError
 from llamafn.quant import Int4Weight, Int8Weight, for_decode, quantize, quantize_int4, quantize_int8
 from llamafn.quant import decode_layout, mma, tinygemm
 
@@ -26,6 +27,12 @@ def kernels(monkeypatch):
 ])
 def test_rows_a_step_pick_the_measured_fastest_layouts(kernels, rows, dtype, layouts):
     assert decode_layout.layouts_for(rows, dtype, CUDA) == layouts
+
+
+@pytest.mark.parametrize("rows", [0, -1, 2.0])
+def test_rows_a_step_must_be_a_positive_int(rows):
+    with pytest.raises(InputError, match=f"rows a step must be an int >= 1, got {rows!r}"):
+        for_decode({"norm.weight": torch.ones(8)}, rows, torch.bfloat16)
 
 
 def test_a_gpu_without_the_kernels_keeps_what_runs(monkeypatch):

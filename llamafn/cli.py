@@ -28,6 +28,7 @@ from .tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_K = 4                   # tokens proposed a speculative step
+SAMPLING_DEFAULTS = {"temperature": 0.8, "top_k": 0, "top_p": 0.95, "min_p": 0.0, "repetition_penalty": 1.0}
 DEFAULT_GROUP_SIZE = 128        # int4
 
 
@@ -83,10 +84,12 @@ def resolve_model(name: str | None) -> Path:
 def check_generate_flags(args: argparse.Namespace) -> None:
     """Refuse values and combinations of `generate`'s flags that cannot run, before any weight is read or
     any text printed."""
-    sampling_params(1, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                    repetition_penalty=args.repetition_penalty)
+    sampling_params(1, **sampling_flags(args))
     if args.beams < 1:
         raise InputError(f"--beams must be >= 1, got {args.beams}")
+    given = [f"--{name.replace('_', '-')}" for name in (*SAMPLING_DEFAULTS, "seed") if getattr(args, name) is not None]
+    if args.beams > 1 and given:
+        raise InputError(f"--beams searches deterministically; sampling flags do not apply: {', '.join(given)}")
     if args.beams > 1 and (args.json_schema or args.regex or args.speculative or args.compile):
         raise InputError("--beams runs alone: not with --json-schema, --regex, --speculative or --compile")
     if args.beams < 2 and (args.force or args.diverse_groups != 1):
@@ -98,6 +101,12 @@ def check_generate_flags(args: argparse.Namespace) -> None:
     if args.speculative == "lookup" and args.draft_model:
         raise InputError("--draft-model is for --speculative draft (lookup proposes from the prompt)")
     check_group_size_flag(args)
+
+
+def sampling_flags(args: argparse.Namespace) -> dict:
+    """The sampling settings given, the rest at SAMPLING_DEFAULTS."""
+    return {name: default if getattr(args, name) is None else getattr(args, name)
+            for name, default in SAMPLING_DEFAULTS.items()}
 
 
 def check_group_size_flag(args: argparse.Namespace) -> None:
@@ -167,8 +176,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.write(decoder.push([token]))
         sys.stdout.flush()
 
-    generate(params, cfg, [prompt], max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-             min_p=args.min_p, repetition_penalty=args.repetition_penalty, stop_tokens=tok.stop_tokens,
+    generate(params, cfg, [prompt], max_new, **sampling_flags(args), stop_tokens=tok.stop_tokens,
              generator=generator, on_token=on_token, attention=args.attention, sync_every=1, compile=args.compile,
              speculative=args.speculative, draft=draft, k=k, adaptive_k=args.adaptive_k, constraints=constraints,
              kv_dtype=kv_dtype)
@@ -239,11 +247,11 @@ def parser() -> argparse.ArgumentParser:
                    "shipped model: target (default, stdlib-coder) or draft (stdlib-coder-draft)")
     g.add_argument("--tokenizer", help="tokenizer file (default: the one next to the model)")
     g.add_argument("--max-new-tokens", type=int, help="default: 256, or what fits the context")
-    g.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (default 0.8)")
-    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
-    g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass in (0, 1] (default 0.95)")
-    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1: off)")
+    g.add_argument("--temperature", type=float, help="0 means greedy (default 0.8)")
+    g.add_argument("--top-k", type=int, help="keep the k most likely tokens (default 0: off)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1] (default 0.95)")
+    g.add_argument("--min-p", type=float, help="drop tokens below min_p x the top probability (default 0: off)")
+    g.add_argument("--repetition-penalty", type=float, help="> 1 discourages repeats (default 1: off)")
     g.add_argument("--seed", type=int, help="seed of the sampling noise")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")

@@ -160,10 +160,14 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
                          "num_beams > 1")
     if num_beams > 1:
         sample.check_stop_tokens(stop_tokens, cfg)                                # `stream` checks its own
-        if constraints or speculative is not None or compile or any(
-                t > 0 for t in torch.as_tensor(temperature, dtype=torch.float32).flatten().tolist()):
-            raise InputError("beam search (num_beams > 1) is deterministic and runs alone: no temperature, "
-                             "constraints, speculative or compile with it")
+        given = [name for name, value, off in (
+            ("temperature > 0", temperature, 0.0), ("top_k", top_k, 0), ("top_p", top_p, 1.0), ("min_p", min_p, 0.0),
+            ("repetition_penalty", repetition_penalty, 1.0)) if not torch.as_tensor(value).eq(off).all()]
+        given += [name for name, on in (("generator", generator is not None), ("constraints", bool(constraints)),
+                                        ("speculative", speculative is not None), ("compile", compile)) if on]
+        if given:
+            raise InputError(f"beam search (num_beams > 1) is deterministic and runs alone: {', '.join(given)} "
+                             f"cannot go with it")
         if force_phrases:
             beams = forced.forced_beam_search(params, cfg, prompts, max_new_tokens, force_phrases, num_beams=num_beams,
                                               length_penalty=length_penalty, num_return_sequences=num_return_sequences,

@@ -18,7 +18,7 @@ import torch
 from . import checkpoint, quant
 from .config import cards_dir
 from .decode import check_prompts, generate
-from .decode.speculative import check_k
+from .decode.speculative import DEFAULT_K, check_k
 from .errors import InputError, LlamafnError, TokenizerError
 from .kernels import backends
 from .kernels.runtime import require_triton
@@ -27,7 +27,6 @@ from .sampling import sampling_params
 from .tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-DEFAULT_K = 4                   # tokens proposed a speculative step
 SAMPLING_DEFAULTS = {"temperature": 0.8, "top_k": 0, "top_p": 0.95, "min_p": 0.0, "repetition_penalty": 1.0}
 DEFAULT_GROUP_SIZE = 128        # int4
 

@@ -21,6 +21,7 @@ from ..params import Params, tensors
 from ..sampling import draw_noise, sampling_params
 from . import beam, forced, sample
 from . import speculative as spec
+from .speculative import DEFAULT_K
 from .constrained import Constraint
 
 
@@ -29,7 +30,7 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
            stop_tokens: Sequence[int] = (), generator: torch.Generator | None = None,
            attention: str = "sdpa", sync_every: int = 8, compile: bool = False,
            cache_len: int | None = None, speculative: str | None = None,
-           draft: tuple[Params, ModelConfig] | None = None, k: int = 4, adaptive_k: bool = False,
+           draft: tuple[Params, ModelConfig] | None = None, k: int = DEFAULT_K, adaptive_k: bool = False,
            constraints: Sequence[Constraint] = (), kv_dtype: torch.dtype | None = None) -> Iterator[list[list[int]]]:
     """Yield, every `sync_every` steps, the new tokens of each row (a list per row, possibly empty).
 
@@ -65,6 +66,12 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
     stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
     if constraints and (compile or speculative is not None):
         raise InputError("constraints work with plain decoding only (not with compile or speculative)")
+    if speculative is None and (draft is not None or adaptive_k or k != DEFAULT_K):
+        raise InputError("draft, k and adaptive_k configure speculative decoding: pass speculative='draft' or 'lookup'")
+    if speculative == "lookup" and draft is not None:
+        raise InputError("speculative='lookup' proposes from the prompt: it takes no draft model")
+    if speculative is not None and cache_len is not None:
+        raise InputError("cache_len applies to plain decoding (speculative decoding sizes its own caches)")
     if constraints:
         sync_every = 1
         for c in constraints:
@@ -144,8 +151,8 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
              on_token: Callable[[int, int], None] | None = None, attention: str = "sdpa",
              sync_every: int = 8, compile: bool = False, cache_len: int | None = None,
              speculative: str | None = None, draft: tuple[Params, ModelConfig] | None = None,
-             k: int = 4, adaptive_k: bool = False, num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
-             num_return_sequences: int = 1, num_beam_groups: int = 1,
+             k: int = DEFAULT_K, adaptive_k: bool = False, num_beams: int = 1, length_penalty: float = 1.0,
+             early_stopping: bool | str = False, num_return_sequences: int = 1, num_beam_groups: int = 1,
              diversity_penalty: float = 0.0, constraints: Sequence[Constraint] = (),
              force_phrases: Sequence[Sequence[int]] = (), kv_dtype: torch.dtype | None = None) -> list[list[int]]:
     """Generate up to `max_new_tokens` for each prompt (token-id lists, ragged); return the new tokens
@@ -164,7 +171,9 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
             ("temperature > 0", temperature, 0.0), ("top_k", top_k, 0), ("top_p", top_p, 1.0), ("min_p", min_p, 0.0),
             ("repetition_penalty", repetition_penalty, 1.0)) if not torch.as_tensor(value).eq(off).all()]
         given += [name for name, on in (("generator", generator is not None), ("constraints", bool(constraints)),
-                                        ("speculative", speculative is not None), ("compile", compile)) if on]
+                                        ("speculative", speculative is not None), ("draft", draft is not None),
+                                        ("k", k != DEFAULT_K), ("adaptive_k", adaptive_k), ("compile", compile),
+                                        ("cache_len", cache_len is not None)) if on]
         if given:
             raise InputError(f"beam search (num_beams > 1) is deterministic and runs alone: {', '.join(given)} "
                              f"cannot go with it")

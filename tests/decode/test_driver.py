@@ -122,6 +122,12 @@ def test_stream_yields_chunks_of_sync_every_tokens(tiny):
     ([[1]], {"stop_tokens": torch.tensor([3])}, r"stop_tokens: tensor\(3\) is not an int token id \(Tensor\)"),
     ([[1]], {"stop_tokens": [3], "num_beams": 2, "temperature": 0.0, "max_new_tokens": 2, "num_return_sequences": 3},
      "num_return_sequences <= num_beams"),
+    ([[1]], {"k": 6}, "draft, k and adaptive_k configure speculative decoding"),
+    ([[1]], {"adaptive_k": True}, "draft, k and adaptive_k configure speculative decoding"),
+    ([[1]], {"draft": "a model"}, "draft, k and adaptive_k configure speculative decoding"),
+    ([[1]], {"speculative": "lookup", "draft": "a model"}, "speculative='lookup' proposes from the prompt"),
+    ([[1]], {"speculative": "lookup", "cache_len": 64}, "cache_len applies to plain decoding"),
+    ([[1]], {"num_beams": 2, "k": 3, "cache_len": 64}, "runs alone: k, cache_len cannot go with it"),
 ])
 def test_bad_generate_arguments_are_named(tiny, prompts, kwargs, message):
     with pytest.raises(InputError, match=message):

@@ -162,9 +162,12 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     with `force_phrases` too, constrained beam search (`llamafn.decode.forced`)."""
     if num_beams < 1:
         raise InputError(f"num_beams must be >= 1, got {num_beams}")
-    if num_beams == 1 and (force_phrases or num_beam_groups != 1 or num_return_sequences != 1):
-        raise InputError("force_phrases, num_beam_groups and num_return_sequences are beam search's: they need "
-                         "num_beams > 1")
+    beam_only = [name for name, on in (
+        ("force_phrases", bool(force_phrases)), ("num_beam_groups", num_beam_groups != 1),
+        ("num_return_sequences", num_return_sequences != 1), ("length_penalty", length_penalty != 1.0),
+        ("early_stopping", early_stopping is not False), ("diversity_penalty", diversity_penalty != 0.0)) if on]
+    if num_beams == 1 and beam_only:
+        raise InputError(f"{', '.join(beam_only)}: beam search's settings, they need num_beams > 1")
     if num_beams > 1:
         sample.check_stop_tokens(stop_tokens, cfg)                                # `stream` checks its own
         given = [name for name, value, off in (

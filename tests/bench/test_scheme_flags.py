@@ -16,7 +16,8 @@ def test_weights_that_are_not_one_scheme_are_refused(weights, capsys):
 
 @pytest.mark.parametrize("flags, bad", [
     (["--schemes", "int4-g100"], "int4-g100"), (["--schemes", "bf16,int5"], "int5"),
-    (["--decode-schemes", "int8+mma"], "int8+mma"), (["--decode-schemes", "int4-g128+gemv,int4-g64+tiny"], "int4-g64+tiny"),
+    (["--decode-schemes", "int8+mma"], "int8+mma"),
+    (["--decode-schemes", "int4-g128+gemv,int4-g64+tiny"], "int4-g64+tiny"),
 ])
 def test_bench_quant_checks_its_schemes_before_any_gpu_work(flags, bad, capsys):
     with pytest.raises(SystemExit) as exit:

@@ -29,6 +29,7 @@ from .tokenizer import Tokenizer
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SAMPLING_DEFAULTS = {"temperature": 0.8, "top_k": 0, "top_p": 0.95, "min_p": 0.0, "repetition_penalty": 1.0}
 DEFAULT_GROUP_SIZE = 128        # int4
+DEFAULT_DIVERSITY_PENALTY = 1.0
 
 
 def find_tokenizer(model: Path) -> Path:
@@ -93,6 +94,10 @@ def check_generate_flags(args: argparse.Namespace) -> None:
         raise InputError("--beams runs alone: not with --json-schema, --regex, --speculative or --compile")
     if args.beams < 2 and (args.force or args.diverse_groups != 1):
         raise InputError("--force and --diverse-groups need --beams N (N > 1): they are beam searches")
+    if args.diversity_penalty is not None and args.diverse_groups < 2:
+        raise InputError("--diversity-penalty needs --diverse-groups G (G > 1)")
+    if args.force and args.diverse_groups != 1:
+        raise InputError("--force runs one group of beams: not with --diverse-groups")
     if args.speculative:
         check_k(speculative_k(args))
     elif args.k is not None or args.adaptive_k or args.draft_model:
@@ -162,9 +167,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 raise InputError(f"--json-schema {args.json_schema}: cannot read it ({e.strerror})") from None
         constraints.append(Grammar(tok, json_schema=schema, regex=args.regex))
     if args.beams > 1:
-        best = generate(params, cfg, [prompt], max_new, num_beams=args.beams, num_beam_groups=args.diverse_groups,
-                        diversity_penalty=args.diversity_penalty, stop_tokens=tok.stop_tokens, attention=args.attention,
-                        force_phrases=[tok.encode(text, bos=False) for text in args.force], kv_dtype=kv_dtype)
+        penalty = DEFAULT_DIVERSITY_PENALTY if args.diversity_penalty is None else args.diversity_penalty
+        diverse = {"num_beam_groups": args.diverse_groups, "diversity_penalty": penalty} if args.diverse_groups > 1 else {}
+        best = generate(params, cfg, [prompt], max_new, num_beams=args.beams, **diverse, stop_tokens=tok.stop_tokens,
+                        attention=args.attention, force_phrases=[tok.encode(text, bos=False) for text in args.force],
+                        kv_dtype=kv_dtype)
         print(args.prompt + tok.decode(prompt + best[0])[len(tok.decode(prompt)):])
         return 0
     decoder = tok.stream_decoder(prompt)
@@ -273,7 +280,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="append", default=[], metavar="TEXT",
                    help="a phrase the output must contain (repeatable; with --beams)")
     g.add_argument("--diverse-groups", type=int, default=1, help="diverse beam search: groups of beams")
-    g.add_argument("--diversity-penalty", type=float, default=1.0, help="diverse beam search's penalty (default 1)")
+    g.add_argument("--diversity-penalty", type=float,
+                   help=f"diverse beam search's penalty (default {DEFAULT_DIVERSITY_PENALTY:g})")
     g.set_defaults(run=cmd_generate)
 
     i = sub.add_parser("info", help="print a checkpoint's config, parameter count and size")

@@ -122,6 +122,8 @@ def test_triton_kernels_without_a_gpu_are_refused_before_any_output():
     (["--diverse-groups", "2"], "--force and --diverse-groups need --beams N"),
     (["--force", "x"], "--force and --diverse-groups need --beams N"),
     (["--beams", "2", "--regex", "a+"], "--beams runs alone"),
+    (["--beams", "4", "--diversity-penalty", "2"], "--diversity-penalty needs --diverse-groups G (G > 1)"),
+    (["--beams", "4", "--diverse-groups", "2", "--force", "x"], "--force runs one group of beams"),
     (["--beams", "2", "--temperature", "0.5", "--seed", "1"],
      "--beams searches deterministically; sampling flags do not apply: --temperature, --seed"),
     (["--beams", "3", "--top-p", "0.9", "--repetition-penalty", "1.2"], "do not apply: --top-p, --repetition-penalty"),

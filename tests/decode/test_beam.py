@@ -136,6 +136,17 @@ def test_beams_refuse_settings_they_would_ignore(random_pair, kwargs, named):
         lf.generate(params, cfg, [[1], [2]], 4, num_beams=2, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(diversity_penalty=0.5), "diversity_penalty is diverse beam search's: it needs num_beam_groups > 1"),
+    (dict(force_phrases=[[5]], num_beam_groups=2), "constrained beam search .* no num_beam_groups or early_stopping"),
+    (dict(force_phrases=[[5]], early_stopping=True), "constrained beam search .* no num_beam_groups or early_stopping"),
+])
+def test_beam_settings_that_the_chosen_search_ignores_are_refused(random_pair, kwargs, message):
+    params, cfg, _ = random_pair
+    with pytest.raises(InputError, match=message):
+        lf.generate(params, cfg, [[1]], 4, num_beams=4, **kwargs)
+
+
 def test_beams_take_the_sampling_defaults_given_explicitly(random_pair):
     params, cfg, _ = random_pair
     plain = lf.generate(params, cfg, [[1]], 4, num_beams=2)

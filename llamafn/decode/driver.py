@@ -180,8 +180,6 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
         if given:
             raise InputError(f"beam search (num_beams > 1) is deterministic and runs alone: {', '.join(given)} "
                              f"cannot go with it")
-        if num_beam_groups == 1 and diversity_penalty != 0.0:
-            raise InputError("diversity_penalty is diverse beam search's: it needs num_beam_groups > 1")
         if force_phrases and (num_beam_groups != 1 or early_stopping is not False):
             raise InputError("constrained beam search (force_phrases) runs every step with one group: no "
                              "num_beam_groups or early_stopping with it")

@@ -146,10 +146,20 @@ def reset(cache: KVCache) -> KVCache:
     return truncate(cache, 0)
 
 
+def gather_rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """t (B, ...) -> rows `index` (B', ...), moved as 8-byte words where a row's bytes allow: index_select
+    moves one element a thread, and 2-byte elements left it far from the copy rate on an H100 (a bf16
+    7B cache of 8 beams x 512 positions: 4.2 ms where a copy of its bytes takes about 1.4)."""
+    if not t.is_contiguous() or (t[0].numel() * t.element_size()) % 8:
+        return t.index_select(0, index)
+    words = t.view(t.shape[0], -1).view(torch.int64)                           # (B, row bytes / 8)
+    return words.index_select(0, index).view(t.dtype).view(index.shape[0], *t.shape[1:])
+
+
 def reorder(cache: KVCache, index: torch.Tensor) -> KVCache:
     """Rows gathered by `index` (B',) (beam search keeps the surviving beams' histories); new tensors."""
     def gather(ts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return tuple(t.index_select(0, index) for t in ts)
+        return tuple(gather_rows(t, index) for t in ts)
 
     return KVCache(k=gather(cache.k), v=gather(cache.v), lengths=cache.lengths.index_select(0, index),
                    k_scale=gather(cache.k_scale), v_scale=gather(cache.v_scale))

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import llamafn as lf
-from llamafn.cache import batch_size, capacity, init_cache, quantized, read, reorder, reset, tensors, truncate, write
+from llamafn.cache import batch_size, gather_rows, capacity, init_cache, quantized, read, reorder, reset, tensors, truncate, write
 from llamafn.config import ModelConfig
 from llamafn.errors import InputError
 from tests.strategies import seeds
@@ -40,6 +40,19 @@ def test_truncate_reset_and_reorder_are_pure_on_lengths():
     r = reorder(c, torch.tensor([2, 2, 0]))
     assert r.lengths.tolist() == [7, 7, 5]
     assert all(t[:2].eq(1).all() and not t[2].any() for t in r.k)
+
+
+@given(seeds(), st.integers(1, 5), st.integers(1, 6), st.integers(1, 9), st.sampled_from(
+    [torch.bfloat16, torch.float32, torch.int8, torch.float64]), st.booleans())
+def test_gather_rows_is_index_select(seed, B, n, d, dtype, transposed):
+    """Rows moved as 8-byte words (when a row's bytes are a multiple of 8) or as elements (otherwise, and
+    for a non-contiguous view) equal index_select's, duplicated and dropped rows included."""
+    g = torch.Generator().manual_seed(seed)
+    t = (torch.randn(B, n, d, generator=g) * 50).to(dtype)
+    t = t.transpose(1, 2) if transposed else t
+    index = torch.randint(0, B, (torch.randint(1, 2 * B + 1, (), generator=g).item(),), generator=g)
+    out = gather_rows(t, index)
+    assert out.dtype == dtype and torch.equal(out, t.index_select(0, index))
 
 
 @given(seeds(), st.integers(1, 3), st.integers(1, 6), st.floats(1e-3, 1e3))

@@ -84,8 +84,9 @@ def to_mma(w: Int4Weight, chains: int | None = None) -> Int4MmaWeight:
         raise InputError(f"the int4 mma layout needs rows in tiles of 16, whole groups of {GROUP_SIZES} and {CHAINS} "
                          f"warps a tile; got {N}x{K} in groups of {group}, {chains} warps")
     if w.q.is_cuda and not available(w.q.device, chains):
-        raise InputError(f"the int4 mma layout: this Triton lays out a ({128 * chains},) load across threads otherwise "
-                         f"than the kernel assumes (thread e // 4 holds element e); use the int4 gemv layout instead")
+        raise InputError(f"the int4 mma layout needs bf16 tensor cores (sm80+) and a Triton that gives thread e // 4 "
+                         f"element e of a ({128 * chains},) load; {w.q.device} lacks one of them: use the int4 gemv "
+                         f"layout instead")
     padded = -(-(K // group) // chains) * chains * group                        # the last chain's missing groups
     nibbles = to_fragments(F.pad(unpack_int4(w.q), (0, padded - K)), chains, group).to(torch.int32)
     words = (nibbles << (4 * torch.arange(8, dtype=torch.int32, device=w.q.device))).sum(-1, dtype=torch.int32)

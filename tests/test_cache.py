@@ -131,3 +131,14 @@ def test_forward_refuses_a_cache_made_for_another_model_shape():
     for other in (replace(cfg, n_layers=1), replace(cfg, n_kv_heads=4), replace(cfg, dim=64, n_heads=4)):
         with pytest.raises(InputError, match="the cache is for .* the model has 2 layers of 2 KV heads of dim 8"):
             lf.forward(params, tokens, lf.init_cache(other, 1, 8), cfg=cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="checks CUDA's index_select into a strided buffer")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
+def test_reorder_into_on_a_gpu_equals_reorder(dtype):
+    g = torch.Generator().manual_seed(0)
+    src, out = filled(3, dtype, g), filled(4, dtype, g)
+    src, out = (type(c)(*(tuple(t.cuda() for t in f) if isinstance(f, tuple) else f.cuda() for f in c)) for c in (src, out))
+    index = torch.tensor([2, 0, 0, 1], device="cuda")
+    got, want = reorder_into(src, index, out, 7), reorder(src, index)
+    assert all(torch.equal(a[:, :, :7], b[:, :, :7]) for a, b in zip(tensors(got), tensors(want)))

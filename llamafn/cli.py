@@ -18,7 +18,7 @@ import torch
 from . import checkpoint, quant
 from .config import cards_dir
 from .decode import check_prompts, generate
-from .decode.speculative import check_k
+from .decode.speculative import DEFAULT_K, check_k
 from .errors import InputError, LlamafnError, TokenizerError
 from .kernels import backends
 from .kernels.runtime import require_triton
@@ -27,8 +27,9 @@ from .sampling import sampling_params
 from .tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-DEFAULT_K = 4                   # tokens proposed a speculative step
+SAMPLING_DEFAULTS = {"temperature": 0.8, "top_k": 0, "top_p": 0.95, "min_p": 0.0, "repetition_penalty": 1.0}
 DEFAULT_GROUP_SIZE = 128        # int4
+DEFAULT_DIVERSITY_PENALTY = 1.0
 
 
 def find_tokenizer(model: Path) -> Path:
@@ -83,14 +84,20 @@ def resolve_model(name: str | None) -> Path:
 def check_generate_flags(args: argparse.Namespace) -> None:
     """Refuse values and combinations of `generate`'s flags that cannot run, before any weight is read or
     any text printed."""
-    sampling_params(1, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                    repetition_penalty=args.repetition_penalty)
+    sampling_params(1, **sampling_flags(args))
     if args.beams < 1:
         raise InputError(f"--beams must be >= 1, got {args.beams}")
+    given = [f"--{name.replace('_', '-')}" for name in (*SAMPLING_DEFAULTS, "seed") if getattr(args, name) is not None]
+    if args.beams > 1 and given:
+        raise InputError(f"--beams searches deterministically; sampling flags do not apply: {', '.join(given)}")
     if args.beams > 1 and (args.json_schema or args.regex or args.speculative or args.compile):
         raise InputError("--beams runs alone: not with --json-schema, --regex, --speculative or --compile")
     if args.beams < 2 and (args.force or args.diverse_groups != 1):
         raise InputError("--force and --diverse-groups need --beams N (N > 1): they are beam searches")
+    if args.diversity_penalty is not None and args.diverse_groups < 2:
+        raise InputError("--diversity-penalty needs --diverse-groups G (G > 1)")
+    if args.force and args.diverse_groups != 1:
+        raise InputError("--force runs one group of beams: not with --diverse-groups")
     if args.speculative:
         check_k(speculative_k(args))
     elif args.k is not None or args.adaptive_k or args.draft_model:
@@ -98,6 +105,12 @@ def check_generate_flags(args: argparse.Namespace) -> None:
     if args.speculative == "lookup" and args.draft_model:
         raise InputError("--draft-model is for --speculative draft (lookup proposes from the prompt)")
     check_group_size_flag(args)
+
+
+def sampling_flags(args: argparse.Namespace) -> dict:
+    """The sampling settings given, the rest at SAMPLING_DEFAULTS."""
+    return {name: default if getattr(args, name) is None else getattr(args, name)
+            for name, default in SAMPLING_DEFAULTS.items()}
 
 
 def check_group_size_flag(args: argparse.Namespace) -> None:
@@ -154,9 +167,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 raise InputError(f"--json-schema {args.json_schema}: cannot read it ({e.strerror})") from None
         constraints.append(Grammar(tok, json_schema=schema, regex=args.regex))
     if args.beams > 1:
-        best = generate(params, cfg, [prompt], max_new, num_beams=args.beams, num_beam_groups=args.diverse_groups,
-                        diversity_penalty=args.diversity_penalty, stop_tokens=tok.stop_tokens, attention=args.attention,
-                        force_phrases=[tok.encode(text, bos=False) for text in args.force], kv_dtype=kv_dtype)
+        penalty = DEFAULT_DIVERSITY_PENALTY if args.diversity_penalty is None else args.diversity_penalty
+        diverse = {"num_beam_groups": args.diverse_groups, "diversity_penalty": penalty} if args.diverse_groups > 1 else {}
+        best = generate(params, cfg, [prompt], max_new, num_beams=args.beams, **diverse, stop_tokens=tok.stop_tokens,
+                        attention=args.attention, force_phrases=[tok.encode(text, bos=False) for text in args.force],
+                        kv_dtype=kv_dtype)
         print(args.prompt + tok.decode(prompt + best[0])[len(tok.decode(prompt)):])
         return 0
     decoder = tok.stream_decoder(prompt)
@@ -167,8 +182,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.write(decoder.push([token]))
         sys.stdout.flush()
 
-    generate(params, cfg, [prompt], max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-             min_p=args.min_p, repetition_penalty=args.repetition_penalty, stop_tokens=tok.stop_tokens,
+    generate(params, cfg, [prompt], max_new, **sampling_flags(args), stop_tokens=tok.stop_tokens,
              generator=generator, on_token=on_token, attention=args.attention, sync_every=1, compile=args.compile,
              speculative=args.speculative, draft=draft, k=k, adaptive_k=args.adaptive_k, constraints=constraints,
              kv_dtype=kv_dtype)
@@ -239,11 +253,11 @@ def parser() -> argparse.ArgumentParser:
                    "shipped model: target (default, stdlib-coder) or draft (stdlib-coder-draft)")
     g.add_argument("--tokenizer", help="tokenizer file (default: the one next to the model)")
     g.add_argument("--max-new-tokens", type=int, help="default: 256, or what fits the context")
-    g.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (default 0.8)")
-    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
-    g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass in (0, 1] (default 0.95)")
-    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1: off)")
+    g.add_argument("--temperature", type=float, help="0 means greedy (default 0.8)")
+    g.add_argument("--top-k", type=int, help="keep the k most likely tokens (default 0: off)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1] (default 0.95)")
+    g.add_argument("--min-p", type=float, help="drop tokens below min_p x the top probability (default 0: off)")
+    g.add_argument("--repetition-penalty", type=float, help="> 1 discourages repeats (default 1: off)")
     g.add_argument("--seed", type=int, help="seed of the sampling noise")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
@@ -266,7 +280,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="append", default=[], metavar="TEXT",
                    help="a phrase the output must contain (repeatable; with --beams)")
     g.add_argument("--diverse-groups", type=int, default=1, help="diverse beam search: groups of beams")
-    g.add_argument("--diversity-penalty", type=float, default=1.0, help="diverse beam search's penalty (default 1)")
+    g.add_argument("--diversity-penalty", type=float,
+                   help=f"diverse beam search's penalty (default {DEFAULT_DIVERSITY_PENALTY:g})")
     g.set_defaults(run=cmd_generate)
 
     i = sub.add_parser("info", help="print a checkpoint's config, parameter count and size")

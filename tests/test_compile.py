@@ -49,8 +49,8 @@ def test_compiled_speculative_step_equals_eager():
     draft = lf.init_params(cfg, generator=torch.Generator().manual_seed(1))
     prompts = [[1, 2, 3, 1, 2], [5]]
     expected = lf.generate(target, cfg, prompts, 16)
-    for mode in ("draft", "lookup"):
-        assert lf.generate(target, cfg, prompts, 16, speculative=mode, draft=(draft, cfg), k=3, compile=True) == expected
+    for mode, proposer in (("draft", (draft, cfg)), ("lookup", None)):
+        assert lf.generate(target, cfg, prompts, 16, speculative=mode, draft=proposer, k=3, compile=True) == expected
     kwargs = dict(temperature=0.9, top_p=0.9, speculative="draft", draft=(draft, cfg), k=3)
     eager = lf.generate(target, cfg, prompts, 16, generator=torch.Generator().manual_seed(2), **kwargs)
     assert lf.generate(target, cfg, prompts, 16, generator=torch.Generator().manual_seed(2), compile=True, **kwargs) == eager

@@ -15,12 +15,14 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 import torch
 import torch.nn.functional as F
 
 from ..config import preset
+from ..errors import InputError
 from ..kernels import quant_gemv, quant_matmul
 from ..model import forward
 from ..params import fuse, init_params, nbytes
@@ -36,6 +38,20 @@ def parse_scheme(name: str) -> tuple[str, int]:
     the pair."""
     scheme, _, group = name.partition("+")[0].partition("-g")
     return scheme, int(group or 0)
+
+
+SCHEME = re.compile(r"bf16|int8(\+gemv)?|int4-g(32|64|128|256)(\+(gemv|tinygemm|mma))?")
+
+
+def check_schemes(flag: str, names: str, layouts: bool = True) -> list[str]:
+    """The comma-separated scheme names of `flag`, each bf16, int8 or int4-gN (N 32/64/128/256), with a
+    run-time layout where `layouts` allows; raises InputError naming the first other one."""
+    out = names.split(",")
+    for name in out:
+        if not SCHEME.fullmatch(name) or (not layouts and "+" in name):
+            extra = " (int8 may end in +gemv, int4 in +gemv, +tinygemm or +mma)" if layouts else ""
+            raise InputError(f"{flag} takes bf16, int8 or int4-gN with N 32, 64, 128 or 256{extra}; got {name!r}")
+    return out
 
 
 def decode_params(params, name: str, head: bool = False):
@@ -170,10 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="add the top kernels of each scheme's batch-1 step")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
+    try:
+        schemes = check_schemes("--schemes", args.schemes)
+        decode_schemes = check_schemes("--decode-schemes", args.decode_schemes or args.schemes)
+    except InputError as e:
+        ap.error(str(e))
     if not torch.cuda.is_available():
         print("bench_quant: needs a CUDA GPU", file=sys.stderr)
         return 1
-    cfg, schemes, parts = preset(args.preset), args.schemes.split(","), args.parts.split(",")
+    cfg, parts = preset(args.preset), args.parts.split(",")
     results: dict = {"benchmark": "quant", "preset": args.preset,
                      "command": "python scripts/bench_quant.py " + " ".join(argv or sys.argv[1:]),
                      "ceilings": measure(), "kernels": [], "quality": [], "decode": []}
@@ -192,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         results["quality"] = quality(params, cfg, schemes)
         save()
     if "decode" in parts:
-        for s in (args.decode_schemes or args.schemes).split(","):
+        for s in decode_schemes:
             p = decode_params(params, s, args.quantize_head)
             for batch in map(int, args.batch_sizes.split(",")):
                 try:

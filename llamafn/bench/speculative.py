@@ -44,8 +44,8 @@ def timed_run(params, cfg, tok, prompt: str, n: int, device: str, compile: bool 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t = time.perf_counter()
-    for chunk in stream(params, cfg, [ids], n, sync_every=8, compile=compile, cache_len=1024 if compile else None,
-                        **kwargs):
+    cache_len = 1024 if compile and "speculative" not in kwargs else None     # one decode graph for every prompt
+    for chunk in stream(params, cfg, [ids], n, sync_every=8, compile=compile, cache_len=cache_len, **kwargs):
         out.extend(chunk[0])
         steps.append(len(chunk[0]))
     if device.startswith("cuda"):

@@ -17,7 +17,6 @@ With `--weights int8|int4-g128|...` the weights are quantised and every row coun
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 import torch
@@ -25,10 +24,11 @@ import torch
 from .. import cache as kv
 from ..config import preset
 from ..model import forward
+from ..errors import InputError
 from ..params import fuse, init_params
 from ..quant import for_decode, quantize
 from .ceilings import graphed, measure, median_cuda_time, write_results
-from .quant import parse_scheme
+from .quant import check_schemes, parse_scheme
 
 
 def forward_time(params, cfg, batch: int, n_tokens: int, context: int) -> float:
@@ -61,9 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default="bf16", help="bf16, int8 or int4-gN (N: 32, 64, 128, 256)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
-    scheme, group = parse_scheme(args.weights) if re.fullmatch(r"bf16|int8|int4-g\d+", args.weights) else ("", 0)
-    if not scheme:
-        ap.error(f"--weights takes bf16, int8 or int4-gN, got {args.weights!r}")
+    try:
+        (weights,) = check_schemes("--weights", args.weights, layouts=False)
+    except (InputError, ValueError):
+        ap.error(f"--weights takes one of bf16, int8 or int4-gN with N 32, 64, 128 or 256; got {args.weights!r}")
+    scheme, group = parse_scheme(weights)
     if not torch.cuda.is_available():
         print("bench_verify: needs a CUDA GPU", file=sys.stderr)
         return 1

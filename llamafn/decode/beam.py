@@ -153,6 +153,8 @@ def beam_search(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int
     if num_beam_groups < 1 or num_beams % num_beam_groups or diversity_penalty < 0:
         raise InputError(f"num_beam_groups ({num_beam_groups}) must divide num_beams ({num_beams}) and "
                          f"diversity_penalty ({diversity_penalty}) must be >= 0")
+    if num_beam_groups == 1 and diversity_penalty != 0.0:
+        raise InputError("diversity_penalty is diverse beam search's: it needs num_beam_groups > 1")
     if early_stopping not in (True, False, "never"):
         raise InputError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
     emb = params["tok_embeddings.weight"]

@@ -21,6 +21,7 @@ from ..params import Params, tensors
 from ..sampling import draw_noise, sampling_params
 from . import beam, forced, sample
 from . import speculative as spec
+from .speculative import DEFAULT_K
 from .constrained import Constraint
 
 
@@ -29,7 +30,7 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
            stop_tokens: Sequence[int] = (), generator: torch.Generator | None = None,
            attention: str = "sdpa", sync_every: int = 8, compile: bool = False,
            cache_len: int | None = None, speculative: str | None = None,
-           draft: tuple[Params, ModelConfig] | None = None, k: int = 4, adaptive_k: bool = False,
+           draft: tuple[Params, ModelConfig] | None = None, k: int = DEFAULT_K, adaptive_k: bool = False,
            constraints: Sequence[Constraint] = (), kv_dtype: torch.dtype | None = None) -> Iterator[list[list[int]]]:
     """Yield, every `sync_every` steps, the new tokens of each row (a list per row, possibly empty).
 
@@ -65,6 +66,12 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
     stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
     if constraints and (compile or speculative is not None):
         raise InputError("constraints work with plain decoding only (not with compile or speculative)")
+    if speculative is None and (draft is not None or adaptive_k or k != DEFAULT_K):
+        raise InputError("draft, k and adaptive_k configure speculative decoding: pass speculative='draft' or 'lookup'")
+    if speculative == "lookup" and draft is not None:
+        raise InputError("speculative='lookup' proposes from the prompt: it takes no draft model")
+    if speculative is not None and cache_len is not None:
+        raise InputError("cache_len applies to plain decoding (speculative decoding sizes its own caches)")
     if constraints:
         sync_every = 1
         for c in constraints:
@@ -144,8 +151,8 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
              on_token: Callable[[int, int], None] | None = None, attention: str = "sdpa",
              sync_every: int = 8, compile: bool = False, cache_len: int | None = None,
              speculative: str | None = None, draft: tuple[Params, ModelConfig] | None = None,
-             k: int = 4, adaptive_k: bool = False, num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
-             num_return_sequences: int = 1, num_beam_groups: int = 1,
+             k: int = DEFAULT_K, adaptive_k: bool = False, num_beams: int = 1, length_penalty: float = 1.0,
+             early_stopping: bool | str = False, num_return_sequences: int = 1, num_beam_groups: int = 1,
              diversity_penalty: float = 0.0, constraints: Sequence[Constraint] = (),
              force_phrases: Sequence[Sequence[int]] = (), kv_dtype: torch.dtype | None = None) -> list[list[int]]:
     """Generate up to `max_new_tokens` for each prompt (token-id lists, ragged); return the new tokens
@@ -155,15 +162,27 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     with `force_phrases` too, constrained beam search (`llamafn.decode.forced`)."""
     if num_beams < 1:
         raise InputError(f"num_beams must be >= 1, got {num_beams}")
-    if num_beams == 1 and (force_phrases or num_beam_groups != 1 or num_return_sequences != 1):
-        raise InputError("force_phrases, num_beam_groups and num_return_sequences are beam search's: they need "
-                         "num_beams > 1")
+    beam_only = [name for name, on in (
+        ("force_phrases", bool(force_phrases)), ("num_beam_groups", num_beam_groups != 1),
+        ("num_return_sequences", num_return_sequences != 1), ("length_penalty", length_penalty != 1.0),
+        ("early_stopping", early_stopping is not False), ("diversity_penalty", diversity_penalty != 0.0)) if on]
+    if num_beams == 1 and beam_only:
+        raise InputError(f"{', '.join(beam_only)}: beam search's settings, they need num_beams > 1")
     if num_beams > 1:
         sample.check_stop_tokens(stop_tokens, cfg)                                # `stream` checks its own
-        if constraints or speculative is not None or compile or any(
-                t > 0 for t in torch.as_tensor(temperature, dtype=torch.float32).flatten().tolist()):
-            raise InputError("beam search (num_beams > 1) is deterministic and runs alone: no temperature, "
-                             "constraints, speculative or compile with it")
+        given = [name for name, value, off in (
+            ("temperature > 0", temperature, 0.0), ("top_k", top_k, 0), ("top_p", top_p, 1.0), ("min_p", min_p, 0.0),
+            ("repetition_penalty", repetition_penalty, 1.0)) if not torch.as_tensor(value).eq(off).all()]
+        given += [name for name, on in (("generator", generator is not None), ("constraints", bool(constraints)),
+                                        ("speculative", speculative is not None), ("draft", draft is not None),
+                                        ("k", k != DEFAULT_K), ("adaptive_k", adaptive_k), ("compile", compile),
+                                        ("cache_len", cache_len is not None)) if on]
+        if given:
+            raise InputError(f"beam search (num_beams > 1) is deterministic and runs alone: {', '.join(given)} "
+                             f"cannot go with it")
+        if force_phrases and (num_beam_groups != 1 or early_stopping is not False):
+            raise InputError("constrained beam search (force_phrases) runs every step with one group: no "
+                             "num_beam_groups or early_stopping with it")
         if force_phrases:
             beams = forced.forced_beam_search(params, cfg, prompts, max_new_tokens, force_phrases, num_beams=num_beams,
                                               length_penalty=length_penalty, num_return_sequences=num_return_sequences,

@@ -176,6 +176,9 @@ def cut_row(tokens: list[int], row: int, done: list[bool], emitted: list[int], s
     return out
 
 
+DEFAULT_K = 4                   # tokens proposed a step
+
+
 def check_k(k: int) -> None:
     """Raise InputError unless k, the tokens proposed a step, is in 1..16."""
     if not 1 <= k <= 16:

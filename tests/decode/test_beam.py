@@ -1,5 +1,7 @@
 """Beam search returns the same sequences and scores as Hugging Face transformers' generate(num_beams=...)."""
 
+import re
+
 import pytest
 import torch
 from hypothesis import given
@@ -121,8 +123,32 @@ def test_group_and_penalty_arguments_are_checked(random_pair):
         beam_search(params, cfg, [[1]], 4, num_beams=4, num_beam_groups=2, diversity_penalty=-1.0)
 
 
-def test_beams_refuse_settings_they_would_ignore(random_pair):
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(temperature=0.7), "temperature > 0"), (dict(top_k=5), "top_k"), (dict(top_p=0.9), "top_p"),
+    (dict(min_p=0.1), "min_p"), (dict(repetition_penalty=1.3), "repetition_penalty"),
+    (dict(generator=torch.Generator()), "generator"), (dict(speculative="lookup"), "speculative"),
+    (dict(compile=True), "compile"), (dict(temperature=[0.0, 0.5], top_k=[0, 3]), "temperature > 0, top_k"),
+])
+def test_beams_refuse_settings_they_would_ignore(random_pair, kwargs, named):
+    """Sampling settings (scalars or one a row) and the other strategies would be silently ignored."""
     params, cfg, _ = random_pair
-    for kwargs in (dict(temperature=0.7), dict(speculative="lookup"), dict(compile=True)):
-        with pytest.raises(InputError, match="beam search .* runs alone"):
-            lf.generate(params, cfg, [[1]], 4, num_beams=2, **kwargs)
+    with pytest.raises(InputError, match=f"beam search .* runs alone: {re.escape(named)} cannot go with it"):
+        lf.generate(params, cfg, [[1], [2]], 4, num_beams=2, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(diversity_penalty=0.5), "diversity_penalty is diverse beam search's: it needs num_beam_groups > 1"),
+    (dict(force_phrases=[[5]], num_beam_groups=2), "constrained beam search .* no num_beam_groups or early_stopping"),
+    (dict(force_phrases=[[5]], early_stopping=True), "constrained beam search .* no num_beam_groups or early_stopping"),
+])
+def test_beam_settings_that_the_chosen_search_ignores_are_refused(random_pair, kwargs, message):
+    params, cfg, _ = random_pair
+    with pytest.raises(InputError, match=message):
+        lf.generate(params, cfg, [[1]], 4, num_beams=4, **kwargs)
+
+
+def test_beams_take_the_sampling_defaults_given_explicitly(random_pair):
+    params, cfg, _ = random_pair
+    plain = lf.generate(params, cfg, [[1]], 4, num_beams=2)
+    assert lf.generate(params, cfg, [[1]], 4, num_beams=2, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                       repetition_penalty=1.0) == plain

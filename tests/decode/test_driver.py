@@ -116,12 +116,20 @@ def test_stream_yields_chunks_of_sync_every_tokens(tiny):
     ([[1]], {"attention": "nope"}, "unknown attention backend 'nope'"),
     ("hello", {}, "expected a list of token ids, got str"),
     ([[1]], {"num_beams": 0}, "num_beams must be >= 1, got 0"),
-    ([[1]], {"num_beam_groups": 2}, "num_beam_groups and num_return_sequences are beam search's"),
+    ([[1]], {"num_beam_groups": 2}, "num_beam_groups: beam search's settings, they need num_beams > 1"),
     ([[1]], {"num_return_sequences": 2}, "need num_beams > 1"),
+    ([[1]], {"length_penalty": 0.5, "early_stopping": True}, "length_penalty, early_stopping: beam search's"),
+    ([[1]], {"diversity_penalty": 1.0}, "diversity_penalty: beam search's settings"),
     ([[1]], {"stop_tokens": [50]}, r"stop_tokens: token id 50 is outside \[0, 50\)"),
     ([[1]], {"stop_tokens": torch.tensor([3])}, r"stop_tokens: tensor\(3\) is not an int token id \(Tensor\)"),
     ([[1]], {"stop_tokens": [3], "num_beams": 2, "temperature": 0.0, "max_new_tokens": 2, "num_return_sequences": 3},
      "num_return_sequences <= num_beams"),
+    ([[1]], {"k": 6}, "draft, k and adaptive_k configure speculative decoding"),
+    ([[1]], {"adaptive_k": True}, "draft, k and adaptive_k configure speculative decoding"),
+    ([[1]], {"draft": "a model"}, "draft, k and adaptive_k configure speculative decoding"),
+    ([[1]], {"speculative": "lookup", "draft": "a model"}, "speculative='lookup' proposes from the prompt"),
+    ([[1]], {"speculative": "lookup", "cache_len": 64}, "cache_len applies to plain decoding"),
+    ([[1]], {"num_beams": 2, "k": 3, "cache_len": 64}, "runs alone: k, cache_len cannot go with it"),
 ])
 def test_bad_generate_arguments_are_named(tiny, prompts, kwargs, message):
     with pytest.raises(InputError, match=message):

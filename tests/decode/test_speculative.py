@@ -99,8 +99,8 @@ def test_sampled_speculative_preserves_the_target_distribution(mode, warpers):
     cfg = ModelConfig(dim=16, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=6, hidden_dim=16, max_seq_len=32)
     target, draft = model(cfg, 10), model(cfg, 11)
     prompt, n = [1, 2, 1, 2, 1], 20_000
-    out = lf.generate(target, cfg, [prompt] * n, 3, speculative=mode, draft=(draft, cfg), k=3,
-                      generator=torch.Generator().manual_seed(0), **warpers)
+    out = lf.generate(target, cfg, [prompt] * n, 3, speculative=mode, draft=(draft, cfg) if mode == "draft" else None,
+                      k=3, generator=torch.Generator().manual_seed(0), **warpers)
     sp1 = sampling_params(1, **warpers)
     p1 = warped(target, cfg, prompt, sp1)
     p2 = sum(p1[a] * warped(target, cfg, prompt + [a], sp1) for a in range(6) if p1[a] > 0)

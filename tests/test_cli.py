@@ -87,6 +87,18 @@ def test_convert_quantize_then_generate(tmp_path, capsys):
     assert "--shards applies to --format meta" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the decode layouts are picked on a GPU")
+@pytest.mark.parametrize("flags", [[], ["--beams", "4"], ["--speculative", "lookup", "--k", "3"],
+                                   ["--speculative", "lookup", "--k", "8"]])
+def test_int4_generation_on_a_gpu_runs_in_the_layouts_for_its_rows(flags, capsys):
+    """1 row a step (the group-plane GEMV), 4 and 4 (the tensor-core mma GEMV), 9 (the Triton tile)."""
+    extra = [] if "--beams" in flags else ["--temperature", "0"]
+    assert main(["generate", "--quantize", "int4", "--device", "cuda", "--max-new-tokens", "12", *extra, *flags,
+                 "def f(x):"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("def f(x):") and len(out) > len("def f(x):\n")
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llamafn", *args], capture_output=True, text=True, timeout=120)
 

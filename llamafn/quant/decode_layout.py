@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
+from ..params import tensors
 from . import mma, planar, tinygemm
 
 
@@ -37,6 +38,9 @@ def layouts_for(rows: int, dtype: torch.dtype, device: torch.device) -> tuple[st
 def for_decode(params: dict, rows: int, dtype: torch.dtype) -> dict:
     """A new params dict with the quantised matrices in the layouts fastest for decode steps of `rows` rows
     of `dtype` activations on the params' device; float weights, and params on the CPU, unchanged."""
-    for name in layouts_for(rows, dtype, params["norm.weight"].device):
+    held = tensors(params)
+    if not held:
+        raise InputError("for_decode: the params hold no tensors")
+    for name in layouts_for(rows, dtype, held[0].device):
         params = LAYOUTS[name](params)
     return params

@@ -29,6 +29,11 @@ def test_rows_a_step_pick_the_measured_fastest_layouts(kernels, rows, dtype, lay
     assert decode_layout.layouts_for(rows, dtype, CUDA) == layouts
 
 
+def test_params_without_tensors_are_refused():
+    with pytest.raises(InputError, match="the params hold no tensors"):
+        for_decode({}, 1, torch.bfloat16)
+
+
 @pytest.mark.parametrize("rows", [0, -1, 2.0])
 def test_rows_a_step_must_be_a_positive_int(rows):
     with pytest.raises(InputError, match=f"rows a step must be an int >= 1, got {rows!r}"):

@@ -6,6 +6,6 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name --format=csv,noheader
 mkdir -p $OUT/next
 timeout 150 python -m pytest -q -x -p no:cacheprovider tests/kernels/test_int4_mma.py tests/quant/test_mma.py \
-  tests/quant/test_decode_layout.py tests/decode/test_beam.py tests/test_cache.py 2>&1 | tail -3
+  tests/quant/test_decode_layout.py tests/decode/test_beam.py tests/test_cache.py tests/test_cli.py -k "not stories260k" 2>&1 | tail -3
 timeout 120 python probes/beam_reorder.py 2>&1 | grep -v Warn
 timeout 200 python scripts/bench_verify.py --weights int4-g128 --out $OUT/next 2>&1 | grep -v Warn | tail -13

@@ -56,6 +56,8 @@ def load(path: str | Path, *, dtype: torch.dtype | str | None = None, device: st
     ("int8" or "int4", llamafn.quant.quantize's schemes) each matrix is quantised on `device` as soon as
     it is read, so the float model is never whole in memory: a 7B model loads to int4 on a GPU in
     about 4 GB."""
+    if quantize_head and not quantize:
+        raise InputError("load: quantize_head=True needs quantize='int8' or 'int4'")
     path = Path(path)
     dtype = float_dtype(dtype)
     fmt = detect_format(path)

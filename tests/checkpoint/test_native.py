@@ -127,3 +127,5 @@ def test_quantize_while_loading_equals_quantize_after_loading(tmp_path, params, 
     lf.save(tmp_path / "q", whole, CFG)
     with pytest.raises(InputError, match="already quantized"):
         lf.load(tmp_path / "q", quantize="int4")
+    with pytest.raises(InputError, match="quantize_head=True needs quantize='int8' or 'int4'"):
+        lf.load(tmp_path / "m", quantize_head=True)

@@ -22,13 +22,13 @@ from .decode.speculative import DEFAULT_K, check_k
 from .errors import InputError, LlamafnError, TokenizerError
 from .kernels import backends
 from .kernels.runtime import require_triton
+from .quant.formats import DEFAULT_GROUP_SIZE
 from .params import n_params
 from .sampling import sampling_params
 from .tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SAMPLING_DEFAULTS = {"temperature": 0.8, "top_k": 0, "top_p": 0.95, "min_p": 0.0, "repetition_penalty": 1.0}
-DEFAULT_GROUP_SIZE = 128        # int4
 DEFAULT_DIVERSITY_PENALTY = 1.0
 
 

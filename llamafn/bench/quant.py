@@ -27,7 +27,8 @@ from ..kernels import quant_gemv, quant_matmul
 from ..model import forward
 from ..params import fuse, init_params, nbytes
 from ..quant import dequantize, mma, planar, quantize, tinygemm
-from ..quant.formats import quantize_weight
+from ..quant.decode_layout import LAYOUTS
+from ..quant.formats import DEFAULT_GROUP_SIZE, quantize_weight
 from .ceilings import copies_past_l2, measure, time_in_graph, write_results
 from .decode import compiled_decode, log, profile_step
 
@@ -59,9 +60,9 @@ def decode_params(params, name: str, head: bool = False):
     scheme, group = parse_scheme(name)
     if scheme == "bf16":
         return params
-    p = quantize(params, scheme, group_size=group or 128, output=head)
-    layouts = {"": lambda p: p, "tinygemm": tinygemm.for_tinygemm, "gemv": planar.for_gemv, "mma": mma.for_mma}
-    return layouts[name.partition("+")[2]](p)
+    p = quantize(params, scheme, group_size=group or DEFAULT_GROUP_SIZE, output=head)
+    layout = name.partition("+")[2]
+    return LAYOUTS[layout](p) if layout else p
 
 
 def weight_bytes(w) -> int:
@@ -130,7 +131,7 @@ def kernel_rows(cfg, rows: list[int], schemes: list[str], copy_GBps: float) -> l
         variants = {}
         for s in schemes:
             scheme, group = parse_scheme(s)
-            w = dense if scheme == "bf16" else quantize_weight(dense, scheme, group or 128)
+            w = dense if scheme == "bf16" else quantize_weight(dense, scheme, group or DEFAULT_GROUP_SIZE)
             n_copies = copies_past_l2(weight_bytes(w))
             variants[s] = (w, [w] + [type(w)(*(f.clone() for f in w)) if isinstance(w, tuple) else w.clone()
                                      for _ in range(n_copies - 1)])
@@ -158,7 +159,7 @@ def quality(params, cfg, schemes: list[str]) -> list[dict]:
         scheme, group = parse_scheme(s)
         if scheme == "bf16":
             continue
-        logits, _ = forward(quantize(params, scheme, group_size=group or 128), tokens, cfg=cfg)
+        logits, _ = forward(quantize(params, scheme, group_size=group or DEFAULT_GROUP_SIZE), tokens, cfg=cfg)
         err = (logits - ref).abs()
         out.append({"weights": s, "max_abs_err": round(err.max().item(), 4), "mean_abs_err": round(err.mean().item(), 5),
                     "relative_rms_err": round(((logits - ref).norm() / ref.norm()).item(), 5),

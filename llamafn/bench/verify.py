@@ -24,11 +24,11 @@ import torch
 from .. import cache as kv
 from ..config import preset
 from ..model import forward
-from ..errors import InputError
 from ..params import fuse, init_params
 from ..quant import for_decode, quantize
+from ..quant.formats import DEFAULT_GROUP_SIZE
 from .ceilings import graphed, measure, median_cuda_time, write_results
-from .quant import check_schemes, parse_scheme
+from .quant import SCHEME, parse_scheme
 
 
 def forward_time(params, cfg, batch: int, n_tokens: int, context: int) -> float:
@@ -61,18 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default="bf16", help="bf16, int8 or int4-gN (N: 32, 64, 128, 256)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
-    try:
-        (weights,) = check_schemes("--weights", args.weights, layouts=False)
-    except (InputError, ValueError):
+    if not SCHEME.fullmatch(args.weights) or "+" in args.weights:
         ap.error(f"--weights takes one of bf16, int8 or int4-gN with N 32, 64, 128 or 256; got {args.weights!r}")
-    scheme, group = parse_scheme(weights)
+    scheme, group = parse_scheme(args.weights)
     if not torch.cuda.is_available():
         print("bench_verify: needs a CUDA GPU", file=sys.stderr)
         return 1
     cfg = preset(args.preset)
     params = fuse(init_params(cfg, generator=torch.Generator("cuda").manual_seed(0), dtype=torch.bfloat16, device="cuda"))
     if scheme != "bf16":
-        params = quantize(params, scheme, group_size=group or 128)
+        params = quantize(params, scheme, group_size=group or DEFAULT_GROUP_SIZE)
 
     def time_rows(batch: int, n_tokens: int) -> float:
         """forward_time in the layouts for batch x n_tokens rows a step."""

@@ -16,6 +16,7 @@ from ..config import ModelConfig
 from ..errors import CheckpointError, InputError
 from ..params import Params
 from ..quant import quantizer
+from ..quant.formats import DEFAULT_GROUP_SIZE
 from .hf import is_hf, load_hf, save_hf
 from .llama2c import is_llama2c, load_llama2c, save_llama2c
 from .meta import is_meta, load_meta, save_meta
@@ -50,7 +51,7 @@ def float_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 
 def load(path: str | Path, *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
-         quantize: str | None = None, group_size: int = 128, quantize_head: bool = False) -> tuple[Params, ModelConfig]:
+         quantize: str | None = None, group_size: int = DEFAULT_GROUP_SIZE, quantize_head: bool = False) -> tuple[Params, ModelConfig]:
     """Read a checkpoint of any supported format into (params, cfg), cast to `dtype` (None: as stored)
     on `device`. Tensors are read lazily from memory-mapped files, one at a time. With `quantize`
     ("int8" or "int4", llamafn.quant.quantize's schemes) each matrix is quantised on `device` as soon as

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 
 GROUP_SIZES = (32, 64, 128, 256)
+DEFAULT_GROUP_SIZE = 128
 
 # What a quantised weight answers in place of a tensor: its float dtype (the scales') and its device;
 # and an int8 weight's shape, its values'.
@@ -162,7 +163,7 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([packed & 0xF, packed >> 4], dim=-1).flatten(-2)      # (N, K/2, 2) -> (N, K)
 
 
-def quantize_int4(w: torch.Tensor, group_size: int = 128) -> Int4Weight:
+def quantize_int4(w: torch.Tensor, group_size: int = DEFAULT_GROUP_SIZE) -> Int4Weight:
     """w (N, K) float, K even -> Int4Weight with groups of `group_size` inputs (a power of two; the last
     group of a row may be shorter); scales have w's dtype."""
     if group_size not in GROUP_SIZES:
@@ -232,7 +233,7 @@ def dequantize(w: QuantWeight, dtype: torch.dtype | None = None) -> torch.Tensor
     return ((q - w.zero.float()[:, per_column]) * w.scale.float()[:, per_column]).to(dtype)
 
 
-def quantize_weight(w: torch.Tensor, scheme: str, group_size: int = 128) -> QuantWeight:
+def quantize_weight(w: torch.Tensor, scheme: str, group_size: int = DEFAULT_GROUP_SIZE) -> QuantWeight:
     if scheme == "int8":
         return quantize_int8(w)
     if scheme == "int4":

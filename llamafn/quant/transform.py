@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import InputError
-from .formats import (GROUP_SIZES, Int4GemvWeight, Int4MmaWeight, Int4TinyGemmWeight, Int4Weight, Int8GemvWeight,
+from .formats import (DEFAULT_GROUP_SIZE, GROUP_SIZES, Int4GemvWeight, Int4MmaWeight, Int4TinyGemmWeight, Int4Weight, Int8GemvWeight,
                       Int8Weight, dequantize, is_quantized, quantize_weight)
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def check_scheme(scheme: str, group_size: int) -> None:
         raise InputError(f"int4 group_size must be one of {GROUP_SIZES}, got {group_size}")
 
 
-def quantizer(scheme: str, *, group_size: int = 128, embeddings: bool = False, output: bool = False):
+def quantizer(scheme: str, *, group_size: int = DEFAULT_GROUP_SIZE, embeddings: bool = False, output: bool = False):
     """fn(key, value, tied) -> the value `quantize` puts at `key` (for loaders that quantise each weight
     as it is read, so the float model is never whole in memory)."""
     check_scheme(scheme, group_size)
@@ -55,7 +55,7 @@ def quantizer(scheme: str, *, group_size: int = 128, embeddings: bool = False, o
     return apply
 
 
-def quantize(params: Params, scheme: str, *, group_size: int = 128, embeddings: bool = False,
+def quantize(params: Params, scheme: str, *, group_size: int = DEFAULT_GROUP_SIZE, embeddings: bool = False,
              output: bool = False) -> Params:
     """A new params dict with the linear weights quantised to `scheme` ("int8": per-channel symmetric;
     "int4": groups of `group_size` inputs with scale and zero point). The embedding table and the output
@@ -82,15 +82,17 @@ def scheme_of(params: Params) -> str | None:
     return "+".join(kinds) or None
 
 
+RUN_TIME_LAYOUTS = {Int4TinyGemmWeight: "tinygemm.for_tinygemm", Int8GemvWeight: "planar.for_gemv",
+                    Int4GemvWeight: "planar.for_gemv", Int4MmaWeight: "mma.for_mma"}   # and the transform that makes each
+
+
 def to_tensors(params: Params) -> dict[str, torch.Tensor]:
     """The storage layout: each quantised weight becomes `<key>.<field>` tensors."""
     out: dict[str, torch.Tensor] = {}
     for k, v in params.items():
-        if isinstance(v, (Int4TinyGemmWeight, Int8GemvWeight, Int4GemvWeight, Int4MmaWeight)):
-            made_by = {Int4TinyGemmWeight: "tinygemm.for_tinygemm", Int4MmaWeight: "mma.for_mma"}.get(type(v),
-                                                                                                   "planar.for_gemv")
+        if type(v) in RUN_TIME_LAYOUTS:
             raise InputError(f"{k} is in a run-time layout ({type(v).__name__}), which is not saved: "
-                             f"save the params from before {made_by}")
+                             f"save the params from before {RUN_TIME_LAYOUTS[type(v)]}")
         if is_quantized(v):
             out.update({f"{k}.{name}": t for name, t in zip(FIELDS[type(v)], v)})
         else:

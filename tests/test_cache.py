@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import llamafn as lf
-from llamafn.cache import batch_size, capacity, init_cache, quantized, read, reorder, reset, tensors, truncate, write
+from llamafn.cache import (batch_size, capacity, gather_rows, init_cache, quantized, read, reorder, reorder_into, reset,
+                           tensors, truncate, write, zeros_like)
 from llamafn.config import ModelConfig
 from llamafn.errors import InputError
 from tests.strategies import seeds
@@ -40,6 +41,50 @@ def test_truncate_reset_and_reorder_are_pure_on_lengths():
     r = reorder(c, torch.tensor([2, 2, 0]))
     assert r.lengths.tolist() == [7, 7, 5]
     assert all(t[:2].eq(1).all() and not t[2].any() for t in r.k)
+
+
+@given(seeds(), st.integers(1, 5), st.integers(1, 6), st.integers(1, 9), st.sampled_from(
+    [torch.bfloat16, torch.float32, torch.int8, torch.float64]), st.booleans())
+def test_gather_rows_is_index_select(seed, B, n, d, dtype, transposed):
+    """Rows moved as 8-byte words (when a row's bytes are a multiple of 8) or as elements (otherwise, and
+    for a non-contiguous view) equal index_select's, duplicated and dropped rows included."""
+    g = torch.Generator().manual_seed(seed)
+    t = (torch.randn(B, n, d, generator=g) * 50).to(dtype)
+    t = t.transpose(1, 2) if transposed else t
+    index = torch.randint(0, B, (torch.randint(1, 2 * B + 1, (), generator=g).item(),), generator=g)
+    out = gather_rows(t, index)
+    assert out.dtype == dtype and torch.equal(out, t.index_select(0, index))
+
+
+def filled(B: int, dtype: torch.dtype, g: torch.Generator):
+    """A cache of CFG's shape whose every stored value (scales too) is random and nonzero."""
+    c = init_cache(CFG, B, dtype=dtype)
+    return type(c)(*(tuple((torch.rand(t.shape, generator=g) * 90 + 1).to(t.dtype) for t in f) if isinstance(f, tuple)
+                     else torch.randint(0, 12, (B,), generator=g) for f in c))
+
+
+@given(seeds(), st.integers(1, 4), st.integers(1, 4), st.integers(0, 12), st.sampled_from([torch.float32, torch.bfloat16,
+                                                                                           torch.int8]))
+def test_reorder_into_moves_the_first_positions_into_the_buffer_given(seed, B, B2, upto, dtype):
+    """Positions before `upto` (odd counts included, where int8 scales move as elements) equal `reorder`'s;
+    from `upto` on the buffer keeps what it held; lengths are gathered; every tensor is the buffer's own."""
+    g = torch.Generator().manual_seed(seed)
+    src, out = filled(B, dtype, g), filled(B2, dtype, g)
+    index = torch.randint(0, B, (B2,), generator=g)
+    before = [t.clone() for t in tensors(out)]
+    got, want = reorder_into(src, index, out, upto), reorder(src, index)
+    assert torch.equal(got.lengths, src.lengths[index])
+    for mine, theirs, old, buffer in zip(tensors(got), tensors(want), before, tensors(out)):
+        assert mine.data_ptr() == buffer.data_ptr()
+        assert torch.equal(mine[:, :, :upto], theirs[:, :, :upto]) and torch.equal(mine[:, :, upto:], old[:, :, upto:])
+
+
+def test_reorder_into_refuses_a_buffer_of_another_shape():
+    c = init_cache(CFG, 2, 8)
+    with pytest.raises(InputError, match=r"out holds 2 layers of \(2, 1, 8, 8\), the result 2 of \(3, 1, 8, 8\)"):
+        reorder_into(c, torch.tensor([0, 1, 1]), c, 4)
+    z = zeros_like(filled(2, torch.int8, torch.Generator().manual_seed(0)))
+    assert quantized(z) and not any(t.any() for t in tensors(z)) and not z.lengths.any()
 
 
 @given(seeds(), st.integers(1, 3), st.integers(1, 6), st.floats(1e-3, 1e3))
@@ -86,3 +131,14 @@ def test_forward_refuses_a_cache_made_for_another_model_shape():
     for other in (replace(cfg, n_layers=1), replace(cfg, n_kv_heads=4), replace(cfg, dim=64, n_heads=4)):
         with pytest.raises(InputError, match="the cache is for .* the model has 2 layers of 2 KV heads of dim 8"):
             lf.forward(params, tokens, lf.init_cache(other, 1, 8), cfg=cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="checks CUDA's index_select into a strided buffer")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
+def test_reorder_into_on_a_gpu_equals_reorder(dtype):
+    g = torch.Generator().manual_seed(0)
+    src, out = filled(3, dtype, g), filled(4, dtype, g)
+    src, out = (type(c)(*(tuple(t.cuda() for t in f) if isinstance(f, tuple) else f.cuda() for f in c)) for c in (src, out))
+    index = torch.tensor([2, 0, 0, 1], device="cuda")
+    got, want = reorder_into(src, index, out, 7), reorder(src, index)
+    assert all(torch.equal(a[:, :, :7], b[:, :, :7]) for a, b in zip(tensors(got), tensors(want)))

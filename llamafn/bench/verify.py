@@ -5,7 +5,8 @@
   speedup that follows for draft acceptance rates 0.6/0.8/0.9 with a draft costing `--draft-cost` of
   a target step: E[tokens a step] = (1 - a^(k+1)) / (1 - a), speedup = E * t_1 / (t_(k+1) + k * c * t_1);
 - beam search's per-step overhead against greedy for 1..8 beams: the step over num_beams rows plus
-  the cache row reorder (`cache.reorder`, an index_select of every layer's K and V).
+  the cache row gather (`cache.reorder_into`: every layer's K and V positions in use, as 8-byte words,
+  into the search's other buffer).
 
 With `--weights int8|int4-g128|...` the weights are quantised and every row count runs in the layouts
 `llamafn generate` picks for it (llamafn.quant.for_decode).
@@ -45,9 +46,11 @@ def forward_time(params, cfg, batch: int, n_tokens: int, context: int) -> float:
 
 
 def reorder_time(cfg, beams: int, context: int, device: torch.device | str = "cuda") -> float:
+    """Seconds of beam search's row gather at `context` positions in use (`cache.reorder_into`)."""
     cache = kv.init_cache(cfg, beams, context, dtype=torch.bfloat16, device=device)
+    spare = kv.zeros_like(cache)
     index = torch.arange(beams, device=device).flip(0)
-    return median_cuda_time(lambda: kv.reorder(cache, index), repeat=20)
+    return median_cuda_time(lambda: kv.reorder_into(cache, index, spare, context), repeat=20)
 
 
 def main(argv: list[str] | None = None) -> int:

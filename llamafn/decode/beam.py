@@ -5,7 +5,8 @@ token (or the length limit) among the top num_beams with score logprob / length 
 continues the best num_beams unfinished ones, and stops as `early_stopping` says (True: once
 num_beams hypotheses are done; False: when the best running beam cannot beat the worst finished one
 at the current length; "never": ... at the longest possible length). The cache rows are gathered
-after each step with `cache.reorder`, never recomputed.
+after each step, never recomputed: steps alternate between two cache buffers (`cache.reorder_into`),
+and each moves only the positions in use.
 
 Rows of a batch are independent searches over B * num_beams cache rows; ragged prompts need nothing
 special because positions come from the cache.
@@ -35,6 +36,7 @@ NEG = -1.0e9
 
 class BeamState(NamedTuple):
     cache: KVCache                 # B * num_beams rows
+    spare: KVCache                 # the other buffer: the next step gathers the surviving rows into it
     tokens: torch.Tensor           # (B, nb, max_new) running hypotheses' generated tokens
     scores: torch.Tensor           # (B, nb) their summed log-probabilities
     logits: torch.Tensor           # (B * nb, V) next-token logits of each running hypothesis
@@ -62,8 +64,9 @@ def init(params: Params, prompts: torch.Tensor, prompt_lengths: torch.Tensor, ca
     scores = torch.full((B, num_beams), NEG, device=prompts.device)
     scores[:, 0] = 0.0
     empty = torch.zeros(B, num_beams, max_new_tokens, dtype=torch.long, device=prompts.device)
+    expanded = kv.reorder(cache, expand)
     return BeamState(
-        cache=kv.reorder(cache, expand), tokens=empty, scores=scores, logits=logits[expand],
+        cache=expanded, spare=kv.zeros_like(expanded), tokens=empty, scores=scores, logits=logits[expand],
         done_tokens=empty.clone(), done_scores=torch.full_like(scores, NEG),
         done_lengths=torch.zeros(B, num_beams, dtype=torch.long, device=prompts.device),
         is_done=torch.zeros(B, num_beams, dtype=torch.bool, device=prompts.device),
@@ -72,10 +75,12 @@ def init(params: Params, prompts: torch.Tensor, prompt_lengths: torch.Tensor, ca
 
 def step(params: Params, state: BeamState, t: int, stop_tokens: torch.Tensor, *, cfg: ModelConfig,
          length_penalty: float = 1.0, early_stopping: bool | str = False, penalty: torch.Tensor | None = None,
-         attention: str = "sdpa") -> tuple[BeamState, torch.Tensor]:
+         attention: str = "sdpa", upto: int | None = None) -> tuple[BeamState, torch.Tensor]:
     """Choose generated token t (0-based) of every hypothesis; -> (new state, unfinished (bool scalar)).
     `penalty` (B, V), if given, is subtracted from every beam's log-probabilities first (diverse beam
-    search); the beams' scores accumulate the penalised values, as in transformers."""
+    search); the beams' scores accumulate the penalised values, as in transformers. `upto` bounds every
+    row's cache length (the padded prompt length + t; default: the whole capacity), the positions the
+    step moves. `state` is donated: its two cache buffers become the new state's."""
     B, nb, max_new = state.tokens.shape
     V = state.logits.shape[-1]
     K = max(2, 1 + stop_tokens.numel()) * nb
@@ -104,7 +109,7 @@ def step(params: Params, state: BeamState, t: int, stop_tokens: torch.Tensor, *,
     is_done = _gather(torch.cat([state.is_done, just_done], 1), merged)
 
     rows = (torch.arange(B, device=parent.device)[:, None] * nb + parent).flatten()
-    cache = kv.reorder(state.cache, rows)
+    cache = kv.reorder_into(state.cache, rows, state.spare, kv.capacity(state.cache) if upto is None else upto)
     logits, cache = forward(params, tokens[:, :, t].reshape(B * nb, 1), cache, cfg=cfg, attention=attention)
 
     best_len = max_new if early_stopping == "never" and length_penalty > 0 else t + 1
@@ -112,15 +117,15 @@ def step(params: Params, state: BeamState, t: int, stop_tokens: torch.Tensor, *,
     worst_done = torch.where(is_done, done_scores.min(1, keepdim=True).values, NEG)
     improvable = state.improvable & (best_possible > worst_done).any(-1, keepdim=True)
     unfinished = improvable.any() & ~(is_done.all() & (early_stopping is True)) & ~hits.all()
-    new = BeamState(cache=cache, tokens=tokens, scores=scores, logits=logits[:, -1], done_tokens=done_tokens,
+    new = BeamState(cache=cache, spare=state.cache, tokens=tokens, scores=scores, logits=logits[:, -1], done_tokens=done_tokens,
                     done_scores=done_scores, done_lengths=done_lengths, is_done=is_done, improvable=improvable)
     return new, unfinished
 
 
 def fork(state: BeamState) -> BeamState:
-    """An independent copy (its own cache storage), for another group of diverse beam search."""
+    """An independent copy (its own cache buffers), for another group of diverse beam search."""
     rows = torch.arange(state.logits.shape[0], device=state.logits.device)
-    return state._replace(cache=kv.reorder(state.cache, rows))
+    return state._replace(cache=kv.reorder(state.cache, rows), spare=kv.zeros_like(state.spare))
 
 
 def hamming_penalty(groups: list[BeamState], t: int, strength: float, vocab_size: int) -> torch.Tensor:
@@ -165,7 +170,8 @@ def beam_search(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int
         for g in range(num_beam_groups):
             penalty = hamming_penalty(groups[:g], t, diversity_penalty, cfg.vocab_size) if g else None
             groups[g], more = step(params, groups[g], t, stops, cfg=cfg, length_penalty=length_penalty,
-                                        early_stopping=early_stopping, penalty=penalty, attention=attention)
+                                   early_stopping=early_stopping, penalty=penalty, attention=attention,
+                                   upto=tokens.shape[1] + t)
             unfinished = unfinished or bool(more)                          # the driver's one sync a group step
         if not unfinished:
             break

@@ -185,15 +185,20 @@ def reorder_into(cache: KVCache, index: torch.Tensor, out: KVCache, upto: int) -
     first `upto` positions of each row, which must cover every row's length: beam search's steps
     alternate between two buffers and move the positions in use, not the whole capacity. Positions of
     `out` from `upto` on keep what they held, which must be finite (zeros, or keys an earlier step of
-    the same search wrote): masked keys still meet their values with weight 0."""
+    the same search wrote): masked keys still meet their values with weight 0. On a GPU one Triton
+    launch moves every layer (llamafn.kernels.gather_rows); elsewhere one index_select a tensor."""
     if len(out.k) != len(cache.k) or out.k[0].shape != (index.shape[0], *cache.k[0].shape[1:]):
         raise InputError(f"reorder_into: out holds {len(out.k)} layers of {tuple(out.k[0].shape)}, the result "
                          f"{len(cache.k)} of {(index.shape[0], *cache.k[0].shape[1:])}")
 
-    def gather(src: tuple[torch.Tensor, ...], dst: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        for s, d in zip(src, dst):
+    from .kernels.runtime import triton                                  # here: the kernels import this module
+    if index.is_cuda and triton is not None:
+        from .kernels.gather_rows import gather_rows_into
+        for src, dst in ((cache.k + cache.v, out.k + out.v), (cache.k_scale + cache.v_scale, out.k_scale + out.v_scale)):
+            if src:
+                gather_rows_into(src, dst, index, upto)                 # every layer in one launch
+    else:
+        for s, d in zip(tensors(cache), tensors(out)):
             torch.index_select(as_words(s[:, :, :upto]), 0, index, out=as_words(d[:, :, :upto]))
-        return dst
-
-    return KVCache(k=gather(cache.k, out.k), v=gather(cache.v, out.v), lengths=cache.lengths.index_select(0, index),
-                   k_scale=gather(cache.k_scale, out.k_scale), v_scale=gather(cache.v_scale, out.v_scale))
+    return KVCache(k=out.k, v=out.v, lengths=cache.lengths.index_select(0, index), k_scale=out.k_scale,
+                   v_scale=out.v_scale)

@@ -133,7 +133,7 @@ def test_forward_refuses_a_cache_made_for_another_model_shape():
             lf.forward(params, tokens, lf.init_cache(other, 1, 8), cfg=cfg)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="checks CUDA's index_select into a strided buffer")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="runs the one-launch Triton gather of every layer")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
 def test_reorder_into_on_a_gpu_equals_reorder(dtype):
     g = torch.Generator().manual_seed(0)

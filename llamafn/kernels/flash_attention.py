@@ -44,10 +44,44 @@ if triton is not None:
     from .runtime import dot
 
     @triton.jit
+    def attend_tile(q, K, V, kv_k, kv_v, skt, svt, rn, rd, pos, hi, D, qk_scale, m_i, l_i, acc,
+                    CAUSAL: tl.constexpr, MASKED: tl.constexpr):
+        """One K/V tile of the online softmax: keys rn (BN,), running max m_i and sum l_i (BM,), acc (BM, BD).
+        Unmasked tiles (every key visible to every row, all below `hi`) skip the mask arithmetic."""
+        if MASKED:
+            k = tl.load(K + kv_k + rn[None, :] * skt + rd[:, None], mask=(rn[None, :] < hi) & (rd[:, None] < D),
+                        other=0.0)                                                    # (BD, BN)
+        else:
+            k = tl.load(K + kv_k + rn[None, :] * skt + rd[:, None], mask=rd[:, None] < D, other=0.0)
+        s = (dot(q, k) * qk_scale).to(tl.float32)                                     # (BM, BN), log2 units
+        if MASKED:
+            visible = rn[None, :] < hi
+            if CAUSAL:
+                visible = visible & (rn[None, :] <= pos[:, None])
+            s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)                         # rows with nothing visible yet
+        p = tl.exp2(s - m_safe[:, None])                                              # (BM, BN)
+        alpha = tl.exp2(m_i - m_safe)
+        if MASKED:
+            v = tl.load(V + kv_v + rn[:, None] * svt + rd[None, :], mask=(rn[:, None] < hi) & (rd[None, :] < D),
+                        other=0.0)                                                    # (BN, BD)
+        else:
+            v = tl.load(V + kv_v + rn[:, None] * svt + rd[None, :], mask=rd[None, :] < D, other=0.0)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v)
+        return m_new, l_i, acc
+
+    @triton.jit
     def flash_fwd_kernel(Q, K, V, O, POS, Q_START, Q_LEN, K_START, K_LEN, qk_scale,
                          sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, spb, H, GROUP, D,
                          CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Keys below every row's position (and k_len) stream without masks; the band from there to the
+        block's last visible key is masked (FlashAttention-2, section 3.1.1). Causal query blocks run
+        last-first, so the longest rows start in the first wave."""
         pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
+        if CAUSAL:
+            pid_m = tl.num_programs(0) - 1 - pid_m
         b, h = pid_bh // H, pid_bh % H
         hk = h // GROUP
         q_len = tl.load(Q_LEN + b)
@@ -60,33 +94,26 @@ if triton is not None:
         if CAUSAL:
             pos = tl.load(POS + b * spb + q_start + rm, mask=row_ok, other=-1)        # (BM,)
             hi = tl.minimum(tl.max(pos, axis=0) + 1, k_len)
+            full = tl.minimum(tl.min(tl.where(row_ok, pos + 1, hi), axis=0), hi)      # keys every row sees
         else:
             pos = tl.zeros((BLOCK_M,), dtype=tl.int32)
             hi = k_len
+            full = hi
+        full = tl.maximum(full, 0) // BLOCK_N * BLOCK_N
+        kv_k, kv_v = b * skb + hk * skh + k_start * skt, b * svb + hk * svh + k_start * svt
         m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-        for n0 in range(0, hi, BLOCK_N):
-            rn = n0 + tl.arange(0, BLOCK_N)                                           # (BN,) key indices
-            k = tl.load(K + b * skb + hk * skh + (k_start + rn)[None, :] * skt + rd[:, None],
-                        mask=(rn[None, :] < hi) & (rd[:, None] < D), other=0.0)       # (BD, BN)
-            s = (dot(q, k) * qk_scale).to(tl.float32)                              # (BM, BN), log2 units
-            visible = rn[None, :] < hi
-            if CAUSAL:
-                visible = visible & (rn[None, :] <= pos[:, None])
-            s = tl.where(visible, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)                     # rows with nothing visible yet
-            p = tl.exp2(s - m_safe[:, None])                                          # (BM, BN)
-            alpha = tl.exp2(m_i - m_safe)
-            v = tl.load(V + b * svb + hk * svh + (k_start + rn)[:, None] * svt + rd[None, :],
-                        mask=(rn[:, None] < hi) & (rd[None, :] < D), other=0.0)       # (BN, BD)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + dot(p.to(v.dtype), v)
-            m_i = m_new
+        for n0 in range(0, full, BLOCK_N):
+            m_i, l_i, acc = attend_tile(q, K, V, kv_k, kv_v, skt, svt, n0 + tl.arange(0, BLOCK_N), rd, pos, hi, D,
+                                        qk_scale, m_i, l_i, acc, CAUSAL=CAUSAL, MASKED=False)
+        for n0 in range(full, hi, BLOCK_N):
+            m_i, l_i, acc = attend_tile(q, K, V, kv_k, kv_v, skt, svt, n0 + tl.arange(0, BLOCK_N), rd, pos, hi, D,
+                                        qk_scale, m_i, l_i, acc, CAUSAL=CAUSAL, MASKED=True)
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         tl.store(O + b * sob + h * soh + (q_start + rm)[:, None] * sot + rd[None, :], out.to(O.dtype.element_ty),
                  mask=row_ok[:, None] & (rd[None, :] < D))
+
 
 def flash_attention_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor | None,
                            q_start: torch.Tensor, q_len: torch.Tensor, k_start: torch.Tensor, k_len: torch.Tensor,

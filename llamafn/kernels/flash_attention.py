@@ -41,36 +41,7 @@ from .runtime import INTERPRET, launcher, require_triton, triton
 if triton is not None:
     import triton.language as tl
 
-    from .runtime import dot
-
-    @triton.jit
-    def attend_tile(q, K, V, kv_k, kv_v, skt, svt, rn, rd, pos, hi, D, qk_scale, m_i, l_i, acc,
-                    CAUSAL: tl.constexpr, MASKED: tl.constexpr):
-        """One K/V tile of the online softmax: keys rn (BN,), running max m_i and sum l_i (BM,), acc (BM, BD).
-        Unmasked tiles (every key visible to every row, all below `hi`) skip the mask arithmetic."""
-        if MASKED:
-            k = tl.load(K + kv_k + rn[None, :] * skt + rd[:, None], mask=(rn[None, :] < hi) & (rd[:, None] < D),
-                        other=0.0)                                                    # (BD, BN)
-        else:
-            k = tl.load(K + kv_k + rn[None, :] * skt + rd[:, None], mask=rd[:, None] < D, other=0.0)
-        s = (dot(q, k) * qk_scale).to(tl.float32)                                     # (BM, BN), log2 units
-        if MASKED:
-            visible = rn[None, :] < hi
-            if CAUSAL:
-                visible = visible & (rn[None, :] <= pos[:, None])
-            s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)                         # rows with nothing visible yet
-        p = tl.exp2(s - m_safe[:, None])                                              # (BM, BN)
-        alpha = tl.exp2(m_i - m_safe)
-        if MASKED:
-            v = tl.load(V + kv_v + rn[:, None] * svt + rd[None, :], mask=(rn[:, None] < hi) & (rd[None, :] < D),
-                        other=0.0)                                                    # (BN, BD)
-        else:
-            v = tl.load(V + kv_v + rn[:, None] * svt + rd[None, :], mask=rd[None, :] < D, other=0.0)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v)
-        return m_new, l_i, acc
+    from .flash_decode import attend_tile
 
     @triton.jit
     def flash_fwd_kernel(Q, K, V, O, POS, Q_START, Q_LEN, K_START, K_LEN, qk_scale,
@@ -105,11 +76,11 @@ if triton is not None:
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
         for n0 in range(0, full, BLOCK_N):
-            m_i, l_i, acc = attend_tile(q, K, V, kv_k, kv_v, skt, svt, n0 + tl.arange(0, BLOCK_N), rd, pos, hi, D,
-                                        qk_scale, m_i, l_i, acc, CAUSAL=CAUSAL, MASKED=False)
+            m_i, l_i, acc = attend_tile(q, K, V, K, V, kv_k, kv_v, 0, 0, skt, svt, n0 + tl.arange(0, BLOCK_N), rd, pos,
+                                        hi, D, qk_scale, m_i, l_i, acc, CAUSAL=CAUSAL, MASKED=False, QUANT=False)
         for n0 in range(full, hi, BLOCK_N):
-            m_i, l_i, acc = attend_tile(q, K, V, kv_k, kv_v, skt, svt, n0 + tl.arange(0, BLOCK_N), rd, pos, hi, D,
-                                        qk_scale, m_i, l_i, acc, CAUSAL=CAUSAL, MASKED=True)
+            m_i, l_i, acc = attend_tile(q, K, V, K, V, kv_k, kv_v, 0, 0, skt, svt, n0 + tl.arange(0, BLOCK_N), rd, pos,
+                                        hi, D, qk_scale, m_i, l_i, acc, CAUSAL=CAUSAL, MASKED=True, QUANT=False)
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         tl.store(O + b * sob + h * soh + (q_start + rm)[:, None] * sot + rd[None, :], out.to(O.dtype.element_ty),
                  mask=row_ok[:, None] & (rd[None, :] < D))

@@ -25,13 +25,57 @@ if triton is not None:
     from .runtime import dot
 
     @triton.jit
+    def attend_tile(q, K, V, KS, VS, k_at, v_at, ks_at, vs_at, skt, svt, rn, rd, pos, hi, D, qk_scale, m_i, l_i, acc,
+                    CAUSAL: tl.constexpr, MASKED: tl.constexpr, QUANT: tl.constexpr):
+        """One K/V tile of the online softmax (FlashAttention-2): keys rn (BN,) at K + k_at + rn * skt,
+        running max m_i and sum l_i (BM,), acc (BM, BD) in fp32, scores in log2 units. MASKED tiles hide
+        keys from `hi` on and, CAUSAL, past each row's position; unmasked ones (every key visible to every
+        row) skip that arithmetic. QUANT: int8 K/V with a scale per position at KS + ks_at / VS + vs_at."""
+        if MASKED:
+            k = tl.load(K + k_at + rn[None, :] * skt + rd[:, None], mask=(rn[None, :] < hi) & (rd[:, None] < D),
+                        other=0)                                                      # (BD, BN)
+        else:
+            k = tl.load(K + k_at + rn[None, :] * skt + rd[:, None], mask=rd[:, None] < D, other=0)
+        if QUANT:
+            if MASKED:
+                ks = tl.load(KS + ks_at + rn, mask=rn < hi, other=0.0)                # (BN,)
+            else:
+                ks = tl.load(KS + ks_at + rn)
+            k = (k.to(tl.float32) * ks[None, :]).to(q.dtype)
+        s = (dot(q, k) * qk_scale).to(tl.float32)                                     # (BM, BN)
+        if MASKED:
+            visible = rn[None, :] < hi
+            if CAUSAL:
+                visible = visible & (rn[None, :] <= pos[:, None])
+            s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)                         # rows with nothing visible yet
+        p = tl.exp2(s - m_safe[:, None])                                              # (BM, BN)
+        alpha = tl.exp2(m_i - m_safe)
+        if MASKED:
+            v = tl.load(V + v_at + rn[:, None] * svt + rd[None, :], mask=(rn[:, None] < hi) & (rd[None, :] < D),
+                        other=0)                                                      # (BN, BD)
+        else:
+            v = tl.load(V + v_at + rn[:, None] * svt + rd[None, :], mask=rd[None, :] < D, other=0)
+        if QUANT:
+            if MASKED:
+                vs = tl.load(VS + vs_at + rn, mask=rn < hi, other=0.0)                # (BN,)
+            else:
+                vs = tl.load(VS + vs_at + rn)
+            v = (v.to(tl.float32) * vs[:, None]).to(q.dtype)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v)
+        return m_new, l_i, acc
+
+    @triton.jit
     def flash_decode_kernel(Q, K, V, KS, VS, POS, PART_O, PART_ML, O, qk_scale, S, T, Hkv, GROUP, D, CHUNK,
                             sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sksb, sksh, svsb, svsh, spb, sob, soh, sot,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                             QUANT: tl.constexpr, DIRECT: tl.constexpr):
         """One split of the keys for every query of one KV head: rows r = (head in group) * T + t. With
         QUANT, K and V are int8 with a scale per (row, head, position) in KS / VS (llamafn.cache). DIRECT
-        (a single split): the normalised output goes to O, with no partials to merge."""
+        (a single split): the normalised output goes to O, with no partials to merge. Tiles below every
+        row's position run unmasked; the rest of the split is masked."""
         pid_bk, split = tl.program_id(0), tl.program_id(1)
         n_splits = tl.num_programs(1)
         b, hk = pid_bk // Hkv, pid_bk % Hkv
@@ -44,30 +88,18 @@ if triton is not None:
         pos = tl.load(POS + b * spb + t, mask=row_ok, other=-1)                       # (BM,)
         lo = split * CHUNK
         hi = tl.minimum(tl.minimum(lo + CHUNK, tl.max(pos, axis=0) + 1), S)
+        full = tl.minimum(tl.min(tl.where(row_ok, pos + 1, hi), axis=0), hi)          # keys every row sees
+        full = lo + tl.maximum(full - lo, 0) // BLOCK_N * BLOCK_N
+        k_at, v_at, ks_at, vs_at = b * skb + hk * skh, b * svb + hk * svh, b * sksb + hk * sksh, b * svsb + hk * svsh
         m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-        for n0 in range(lo, hi, BLOCK_N):
-            rn = n0 + tl.arange(0, BLOCK_N)
-            k = tl.load(K + b * skb + hk * skh + rn[None, :] * skt + rd[:, None],
-                        mask=(rn[None, :] < hi) & (rd[:, None] < D), other=0)         # (BD, BN)
-            if QUANT:
-                ks = tl.load(KS + b * sksb + hk * sksh + rn, mask=rn < hi, other=0.0)   # (BN,)
-                k = (k.to(tl.float32) * ks[None, :]).to(Q.dtype.element_ty)
-            s = (dot(q, k) * qk_scale).to(tl.float32)                              # (BM, BN)
-            s = tl.where((rn[None, :] < hi) & (rn[None, :] <= pos[:, None]), s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-            v = tl.load(V + b * svb + hk * svh + rn[:, None] * svt + rd[None, :],
-                        mask=(rn[:, None] < hi) & (rd[None, :] < D), other=0)         # (BN, BD)
-            if QUANT:
-                vs = tl.load(VS + b * svsb + hk * svsh + rn, mask=rn < hi, other=0.0)   # (BN,)
-                v = (v.to(tl.float32) * vs[:, None]).to(Q.dtype.element_ty)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + dot(p.to(v.dtype), v)
-            m_i = m_new
+        for n0 in range(lo, full, BLOCK_N):
+            m_i, l_i, acc = attend_tile(q, K, V, KS, VS, k_at, v_at, ks_at, vs_at, skt, svt, n0 + tl.arange(0, BLOCK_N),
+                                        rd, pos, hi, D, qk_scale, m_i, l_i, acc, CAUSAL=True, MASKED=False, QUANT=QUANT)
+        for n0 in range(full, hi, BLOCK_N):
+            m_i, l_i, acc = attend_tile(q, K, V, KS, VS, k_at, v_at, ks_at, vs_at, skt, svt, n0 + tl.arange(0, BLOCK_N),
+                                        rd, pos, hi, D, qk_scale, m_i, l_i, acc, CAUSAL=True, MASKED=True, QUANT=QUANT)
         if DIRECT:
             out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]                       # (BM, BD)
             tl.store(O + b * sob + (hk * GROUP + g)[:, None] * soh + t[:, None] * sot + rd[None, :],

@@ -51,36 +51,39 @@ if triton is not None:
 _TABLES: dict[tuple, torch.Tensor] = {}
 
 
-def address_table(ts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(n,) int64 on the tensors' device: their base addresses. Kept by address, so a search that alternates
-    between two buffers builds its tables once (the contents are the key, so a reused address is right)."""
-    key = (ts[0].device, *(t.data_ptr() for t in ts))
+def address_table(addresses: list[int], device: torch.device) -> torch.Tensor:
+    """(n,) int64 on `device`: the base addresses. Kept by address, so a search that alternates between two
+    buffers builds its tables once (the contents are the key, so a reused address is still right)."""
+    key = (device, *addresses)
     if key not in _TABLES:
         if len(_TABLES) >= 64:
             _TABLES.clear()
-        _TABLES[key] = torch.tensor(key[1:], dtype=torch.int64, device=ts[0].device)
+        _TABLES[key] = torch.tensor(addresses, dtype=torch.int64, device=device)
     return _TABLES[key]
 
 
-def word_bytes(ts: Sequence[torch.Tensor], run_bytes: int, strides: Sequence[int]) -> int:
+def word_bytes(element_size: int, addresses: list[int], run_bytes: int, strides: Sequence[int]) -> int:
     """The widest word (8, 4, 2 or 1 bytes) dividing the run, every stride and every base address."""
-    size = ts[0].element_size()
     for word in (8, 4, 2, 1):
-        if run_bytes % word == 0 and all(s * size % word == 0 for s in strides) \
-                and all(t.data_ptr() % word == 0 for t in ts):
+        if run_bytes % word == 0 and all(s * element_size % word == 0 for s in strides) \
+                and all(a % word == 0 for a in addresses):
             return word
     return 1
 
 
-def check_group(ts: Sequence[torch.Tensor], rows: int, what: str) -> None:
+def addresses(ts: Sequence[torch.Tensor], rows: int, what: str) -> list[int]:
+    """The tensors' base addresses, once they are checked to be (rows, H, S, ...) of one shape, strides,
+    dtype and device, each (row, head)'s positions contiguous (one pass: this runs every beam step)."""
     first = ts[0]
-    if first.dim() < 3 or any(t.shape[1:] != first.shape[1:] or t.stride() != first.stride() or t.dtype != first.dtype
-                              or t.device != first.device or t.shape[0] != rows for t in ts):
+    signature = (first.shape, first.stride(), first.dtype, first.device)
+    if first.dim() < 3 or first.shape[0] != rows or not all((t.shape, t.stride(), t.dtype, t.device) == signature
+                                                            for t in ts):
         raise InputError(f"gather_rows_into: the {what} must be tensors ({rows}, H, S, ...) of one shape, strides, "
                          f"dtype and device")
     if first.numel() and not first[0, 0].is_contiguous():
         raise InputError(f"gather_rows_into: each (row, head)'s positions of the {what} must be contiguous, got "
                          f"strides {tuple(first.stride())}")
+    return [t.data_ptr() for t in ts]
 
 
 def gather_rows_into(srcs: Sequence[torch.Tensor], dsts: Sequence[torch.Tensor], index: torch.Tensor,
@@ -90,22 +93,22 @@ def gather_rows_into(srcs: Sequence[torch.Tensor], dsts: Sequence[torch.Tensor],
     rows in 0..B-1 (checked by the caller: a check here would wait for the device)."""
     if len(srcs) != len(dsts) or not srcs:
         raise InputError(f"gather_rows_into: {len(srcs)} sources for {len(dsts)} destinations")
-    check_group(srcs, srcs[0].shape[0], "sources")
-    check_group(dsts, index.shape[0], "destinations")
-    if srcs[0].shape[1:] != dsts[0].shape[1:] or srcs[0].dtype != dsts[0].dtype:
-        raise InputError(f"gather_rows_into: sources {tuple(srcs[0].shape)} {srcs[0].dtype} and destinations "
-                         f"{tuple(dsts[0].shape)} {dsts[0].dtype} differ past the row axis")
-    if not 0 <= upto <= srcs[0].shape[2]:
-        raise InputError(f"gather_rows_into: upto {upto} is outside 0..{srcs[0].shape[2]} positions")
-    B, H = index.shape[0], srcs[0].shape[1]
-    run_bytes = upto * srcs[0].shape[3:].numel() * srcs[0].element_size()
+    src_at, dst_at = addresses(srcs, srcs[0].shape[0], "sources"), addresses(dsts, index.shape[0], "destinations")
+    s, d = srcs[0], dsts[0]
+    if s.shape[1:] != d.shape[1:] or s.dtype != d.dtype:
+        raise InputError(f"gather_rows_into: sources {tuple(s.shape)} {s.dtype} and destinations "
+                         f"{tuple(d.shape)} {d.dtype} differ past the row axis")
+    if not 0 <= upto <= s.shape[2]:
+        raise InputError(f"gather_rows_into: upto {upto} is outside 0..{s.shape[2]} positions")
+    B, H = index.shape[0], s.shape[1]
+    run_bytes = upto * s.shape[3:].numel() * s.element_size()
     if run_bytes == 0 or B == 0:
         return
-    s, d = srcs[0], dsts[0]
-    word = word_bytes([*srcs, *dsts], run_bytes, (s.stride(0), s.stride(1), d.stride(0), d.stride(1)))
-    in_words = [stride * s.element_size() // word for stride in (s.stride(0), s.stride(1), d.stride(0), d.stride(1))]
+    strides = (s.stride(0), s.stride(1), d.stride(0), d.stride(1))
+    word = word_bytes(s.element_size(), src_at + dst_at, run_bytes, strides)
     BLOCK = 64 if INTERPRET else 1024
     run = run_bytes // word
     launcher(gather_rows_kernel)[(len(srcs) * B * H, triton.cdiv(run, BLOCK))](
-        address_table(srcs), address_table(dsts), index, srcs[0].shape[0], B, H, run, *in_words, WORD=word, BLOCK=BLOCK,
+        address_table(src_at, s.device), address_table(dst_at, s.device), index, s.shape[0], B, H, run,
+        *(stride * s.element_size() // word for stride in strides), WORD=word, BLOCK=BLOCK,
         **({} if INTERPRET else {"num_warps": 4}))

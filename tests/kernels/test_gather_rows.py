@@ -35,10 +35,10 @@ def test_gather_rows_into_is_index_select(seed, B, B2, H, S, inner, dtype, n, da
 
 
 def test_the_widest_word_the_sizes_allow():
-    t = torch.zeros(2, 2, 4, 8, dtype=torch.bfloat16)
-    assert gather_rows.word_bytes([t], 4 * 8 * 2, t.stride()[:2]) == 8
-    assert gather_rows.word_bytes([t], 3 * 2, t.stride()[:2]) == 2                      # three positions of one element
-    assert gather_rows.word_bytes([t[:, :, :, 1:]], 7 * 2, (64, 32)) == 2               # an address off the words
+    assert gather_rows.word_bytes(2, [0, 256], 4 * 8 * 2, (1024, 64)) == 8
+    assert gather_rows.word_bytes(2, [0, 256], 3 * 2, (1024, 64)) == 2                 # three positions of one element
+    assert gather_rows.word_bytes(2, [2, 256], 4 * 8 * 2, (1024, 64)) == 2             # an address off the words
+    assert gather_rows.word_bytes(4, [0, 256], 5 * 4, (20, 4)) == 4                    # odd positions of fp32 scales
 
 
 def test_mismatched_groups_are_refused():

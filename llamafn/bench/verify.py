@@ -5,8 +5,8 @@
   speedup that follows for draft acceptance rates 0.6/0.8/0.9 with a draft costing `--draft-cost` of
   a target step: E[tokens a step] = (1 - a^(k+1)) / (1 - a), speedup = E * t_1 / (t_(k+1) + k * c * t_1);
 - beam search's per-step overhead against greedy for 1..8 beams: the step over num_beams rows plus
-  the cache row gather (`cache.reorder_into`: every layer's K and V positions in use, as 8-byte words,
-  into the search's other buffer).
+  the cache row gather (`cache.reorder_into`: every layer's K and V positions in use, in one Triton
+  launch, into the search's other buffer).
 
 With `--weights int8|int4-g128|...` the weights are quantised and every row count runs in the layouts
 `llamafn generate` picks for it (llamafn.quant.for_decode).

@@ -6,7 +6,9 @@ int8 scales. The eager path (`llamafn.cache.reorder_into` off the GPU) runs one 
 at 7B shapes that is 64 launches a step, and an H100 measured about 1.2 ms for any beam count up to
 four at 512 positions, where the bytes alone take 0.1-0.4 ms. Here each program copies one chunk of
 one (tensor, row, head)'s positions, reading the tensors' base addresses from a table on the device,
-in the widest words (up to 8 bytes) that the sizes, strides and addresses allow.
+in the widest words (up to 8 bytes) that the sizes, strides and addresses allow. Measured on an H100
+(bf16 7B cache, 512 positions): 0.40 / 0.79 / 1.55 ms for 2 / 4 / 8 beams, 2.7-2.8 TB/s, against 1.36 /
+2.06 / 2.16 for the index_select loop; at 4096 positions it runs at a clone's rate.
 """
 
 from __future__ import annotations

@@ -95,6 +95,9 @@ def gather_rows_into(srcs: Sequence[torch.Tensor], dsts: Sequence[torch.Tensor],
     rows in 0..B-1 (checked by the caller: a check here would wait for the device)."""
     if len(srcs) != len(dsts) or not srcs:
         raise InputError(f"gather_rows_into: {len(srcs)} sources for {len(dsts)} destinations")
+    if index.dim() != 1 or index.dtype not in (torch.int32, torch.int64) or index.device != srcs[0].device:
+        raise InputError(f"gather_rows_into: index must be int32/int64 rows (B',) on {srcs[0].device}, got "
+                         f"{index.dtype} {tuple(index.shape)} on {index.device}")
     src_at, dst_at = addresses(srcs, srcs[0].shape[0], "sources"), addresses(dsts, index.shape[0], "destinations")
     s, d = srcs[0], dsts[0]
     if s.shape[1:] != d.shape[1:] or s.dtype != d.dtype:

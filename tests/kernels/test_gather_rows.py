@@ -45,6 +45,8 @@ def test_mismatched_groups_are_refused():
     a = torch.zeros(2, 2, 4, 8)
     with pytest.raises(InputError, match="1 sources for 2 destinations"):
         gather_rows.gather_rows_into([a], [a, a], torch.tensor([0, 1]), 4)
+    with pytest.raises(InputError, match=r"index must be int32/int64 rows \(B',\) on cpu, got torch.float32 \(2,\)"):
+        gather_rows.gather_rows_into([a], [a], torch.tensor([0.0, 1.0]), 4)
     with pytest.raises(InputError, match=r"the destinations must be tensors \(3, H, S, ...\)"):
         gather_rows.gather_rows_into([a], [a], torch.tensor([0, 1, 1]), 4)
     with pytest.raises(InputError, match="positions of the sources must be contiguous"):

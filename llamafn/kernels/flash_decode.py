@@ -185,7 +185,8 @@ def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: 
     back in a CUDA graph) a call takes 29.0-29.3 us: the split kernel 26.5-26.9, the merge in one warp
     the rest (29.8-30.1 with four warps; at 32k keys 51.2-51.7 against 52.1-52.7). Tried and slower or
     no better: the last split merging after an atomic ticket (33.3 us with a serial merge; 30.2 with
-    every split's partials loaded at once: the ticket's registers and fence slow every split), the
+    every split's partials loaded at once: the ticket's registers and fence slow every split; 39.7 at
+    best merging one query row at a time, a few splits at a time: its loads wait on each other), the
     merge as a programmatic dependent launch (griddepcontrol, no change), K and V through TMA
     descriptors (split kernel 26.9 us at best), key tiles of 128 and other split counts (8-66 a KV
     head: 16 and 33 within noise of the default 17, 8, 24 and 66 slower)."""

@@ -30,7 +30,7 @@ if triton is not None:
         of src i's row index[b], head h, into dst i's row b, head h (strides in words). An index outside
         0..SRC_ROWS-1 copies nothing rather than read outside the source."""
         unit, chunk = tl.program_id(0), tl.program_id(1)
-        i, b, h = unit // (B * H), (unit // H) % B, unit % H
+        i, b, h = unit // (B * H), (unit // H) % B, (unit % H).to(tl.int64)
         src_row = tl.load(INDEX + b).to(tl.int64)
         src = tl.load(SRC_PTRS + i) + (src_row * src_b + h * src_h) * WORD                  # byte addresses
         dst = tl.load(DST_PTRS + i) + (b.to(tl.int64) * dst_b + h * dst_h) * WORD

@@ -12,7 +12,8 @@ of log-probabilities / length ** length_penalty, as in plain beam search.
 Phrase progress is tracked per hypothesis (a phrase is met once its tokens appear contiguously; the
 tracker restarts a phrase on a mismatch, so a phrase that overlaps its own prefix may be met later
 than possible, never falsely). The candidate bookkeeping runs on the host, one sync a step, while
-the model runs batched over B * beams.
+the model runs batched over B * beams; as in `beam`, the cache rows are gathered each step into the
+search's other buffer (`cache.reorder_into`), only the positions in use.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def forced_beam_search(params: Params, cfg: ModelConfig, prompts: Sequence[Seque
     tokens, lengths = pad_right(prompts, max(len(p) for p in prompts), device)
     cache = init_cache(cfg, B, tokens.shape[1] + max_new_tokens, dtype=kv_dtype or emb.dtype, device=device)
     state = init(params, tokens, lengths, cache, nb, max_new_tokens, cfg=cfg, attention=attention)
-    cache, logits = state.cache, state.logits
+    cache, spare, logits = state.cache, state.spare, state.logits
     # host-side hypotheses per row: (score, tokens, progress); dead slots have score -inf
     beams = [[(0.0 if i == 0 else float("-inf"), [], (0,) * len(phrases)) for i in range(nb)] for _ in range(B)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
@@ -110,7 +111,8 @@ def forced_beam_search(params: Params, cfg: ModelConfig, prompts: Sequence[Seque
             new_tokens += [tok for _, _, tok, _ in chosen]
         if last:
             break
-        cache = kv.reorder(cache, torch.tensor(parents, device=device))
+        in_use = tokens.shape[1] + t                                        # the padded prompt and t tokens
+        cache, spare = kv.reorder_into(cache, torch.tensor(parents, device=device), spare, in_use), cache
         logits, cache = forward(params, torch.tensor(new_tokens, device=device)[:, None], cache, cfg=cfg,
                                 attention=attention)
         logits = logits[:, -1]

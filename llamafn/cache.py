@@ -190,6 +190,8 @@ def reorder_into(cache: KVCache, index: torch.Tensor, out: KVCache, upto: int) -
     if len(out.k) != len(cache.k) or out.k[0].shape != (index.shape[0], *cache.k[0].shape[1:]):
         raise InputError(f"reorder_into: out holds {len(out.k)} layers of {tuple(out.k[0].shape)}, the result "
                          f"{len(cache.k)} of {(index.shape[0], *cache.k[0].shape[1:])}")
+    if not 0 <= upto <= capacity(cache):
+        raise InputError(f"reorder_into: upto {upto} is outside the cache's 0..{capacity(cache)} positions")
 
     from .kernels.runtime import triton                                  # here: the kernels import this module
     if index.is_cuda and triton is not None:

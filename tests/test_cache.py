@@ -83,6 +83,8 @@ def test_reorder_into_refuses_a_buffer_of_another_shape():
     c = init_cache(CFG, 2, 8)
     with pytest.raises(InputError, match=r"out holds 2 layers of \(2, 1, 8, 8\), the result 2 of \(3, 1, 8, 8\)"):
         reorder_into(c, torch.tensor([0, 1, 1]), c, 4)
+    with pytest.raises(InputError, match=r"upto 9 is outside the cache's 0..8 positions"):
+        reorder_into(c, torch.tensor([0, 1]), zeros_like(c), 9)
     z = zeros_like(filled(2, torch.int8, torch.Generator().manual_seed(0)))
     assert quantized(z) and not any(t.any() for t in tensors(z)) and not z.lengths.any()
 

@@ -45,11 +45,12 @@ if triton is not None:
 
     @triton.jit
     def flash_fwd_kernel(Q, K, V, O, POS, Q_START, Q_LEN, K_START, K_LEN, qk_scale,
-                         sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, spb, H, GROUP, D,
+                         sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, spb, H, GROUP, D, T_BUCKET,
                          CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
         """Keys below every row's position (and k_len) stream without masks; the band from there to the
         block's last visible key is masked (FlashAttention-2, section 3.1.1). Causal query blocks run
-        last-first, so the longest rows start in the first wave."""
+        last-first, so the longest rows start in the first wave. T_BUCKET (the longest query run, a power
+        of two from 16 to 16384) is read by the autotuner only: each bucket of lengths gets its own tile."""
         pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
         if CAUSAL:
             pid_m = tl.num_programs(0) - 1 - pid_m
@@ -106,7 +107,7 @@ def flash_attention_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
         q, k, v, out, pos, q_start, q_len, k_start, k_len, 1.4426950408889634 / math.sqrt(D),
         stride(q), q.stride(1), q.stride(2), stride(k), k.stride(1), k.stride(2), stride(v), v.stride(1), v.stride(2),
         stride(out), out.stride(1), out.stride(2), pos.stride(0) if batch_strides else 0, H, H // Hkv, D,
-        CAUSAL=causal, BLOCK_D=block_d(D), **fixed)
+        length_bucket(max_q_len), CAUSAL=causal, BLOCK_D=block_d(D), **fixed)
     return out
 
 
@@ -117,10 +118,20 @@ def prefill_configs() -> list:
             for bm, bn in ((64, 64), (128, 64), (128, 128), (64, 32)) for w, s in ((4, 3), (8, 3), (8, 4))]
 
 
+def length_bucket(max_q_len: int) -> int:
+    """The autotuner's length class of a prefill: the power of two at or above its longest query run,
+    clamped to 16..16384 (a tile tuned on a 1k prompt need not be the best at 16k). By comparisons, so
+    that a symbolic length (torch.compile with dynamic shapes) only guards on its bucket."""
+    length = 16
+    while length < max_q_len and length < 16384:
+        length *= 2
+    return length
+
+
 @functools.cache
 def prefill_tuned():
-    """flash_fwd_kernel autotuned on a GPU per (head dim, causal)."""
-    return triton.autotune(prefill_configs(), key=["D", "CAUSAL", "BLOCK_D"])(flash_fwd_kernel)
+    """flash_fwd_kernel autotuned on a GPU per (head dim, causal, length bucket)."""
+    return triton.autotune(prefill_configs(), key=["D", "CAUSAL", "BLOCK_D", "T_BUCKET"])(flash_fwd_kernel)
 
 
 DECODE_MAX_ROWS = 64

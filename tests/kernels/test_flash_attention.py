@@ -116,6 +116,11 @@ def test_the_merge_of_many_splits_some_empty(monkeypatch, n_splits):
     close(fd.flash_decode_launch(q, k, v, pos), q, k, v, pos)
 
 
+def test_prefill_lengths_are_tuned_by_power_of_two_buckets():
+    assert [fa.length_bucket(n) for n in (0, 1, 16, 17, 1000, 1024, 1025, 16384, 70000)] == \
+        [16, 16, 16, 32, 1024, 1024, 2048, 16384, 16384]
+
+
 def test_the_split_policy_on_a_gpu(monkeypatch):
     """About one program an SM over (row, KV head) pairs, at least MIN_SPLIT_KEYS keys a split: the 7B at
     batch 1 over a 256-key cache is one split (written directly), a 16k GQA cache 17, and a batch whose

@@ -32,8 +32,12 @@ def mark_static(tensors: Iterable[torch.Tensor]) -> None:
 
 
 def bucket(n: int, minimum: int = 16) -> int:
-    """The prefill length `n` tokens are padded to: the next power of two, at least `minimum`."""
-    return max(minimum, 1 << (n - 1).bit_length())
+    """The prefill length `n` tokens are padded to: the next power of two, at least `minimum`. By
+    comparisons, so that a symbolic length (torch.compile with dynamic shapes) only guards on its bucket."""
+    length = minimum
+    while length < n:
+        length *= 2
+    return length
 
 
 def round_up(n: int, multiple: int) -> int:

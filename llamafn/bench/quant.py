@@ -44,14 +44,14 @@ def parse_scheme(name: str) -> tuple[str, int]:
 SCHEME = re.compile(r"bf16|int8(\+gemv)?|int4-g(32|64|128|256)(\+(gemv|tinygemm|mma))?")
 
 
-def check_schemes(flag: str, names: str, layouts: bool = True) -> list[str]:
-    """The comma-separated scheme names of `flag`, each bf16, int8 or int4-gN (N 32/64/128/256), with a
-    run-time layout where `layouts` allows; raises InputError naming the first other one."""
+def check_schemes(flag: str, names: str) -> list[str]:
+    """The comma-separated scheme names of `flag`, each bf16, int8 or int4-gN (N 32/64/128/256), perhaps with a
+    run-time layout; raises InputError naming the first other one."""
     out = names.split(",")
     for name in out:
-        if not SCHEME.fullmatch(name) or (not layouts and "+" in name):
-            extra = " (int8 may end in +gemv, int4 in +gemv, +tinygemm or +mma)" if layouts else ""
-            raise InputError(f"{flag} takes bf16, int8 or int4-gN with N 32, 64, 128 or 256{extra}; got {name!r}")
+        if not SCHEME.fullmatch(name):
+            raise InputError(f"{flag} takes bf16, int8 or int4-gN with N 32, 64, 128 or 256 (int8 may end in +gemv, "
+                             f"int4 in +gemv, +tinygemm or +mma); got {name!r}")
     return out
 
 

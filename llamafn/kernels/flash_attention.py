@@ -32,6 +32,7 @@ import math
 
 import torch
 
+from ..compile import bucket
 from ..errors import InputError
 from ..quant.formats import Int8Weight, dequantize
 from .flash_decode import block_d, flash_decode_launch
@@ -119,13 +120,9 @@ def prefill_configs() -> list:
 
 
 def length_bucket(max_q_len: int) -> int:
-    """The autotuner's length class of a prefill: the power of two at or above its longest query run,
-    clamped to 16..16384 (a tile tuned on a 1k prompt need not be the best at 16k). By comparisons, so
-    that a symbolic length (torch.compile with dynamic shapes) only guards on its bucket."""
-    length = 16
-    while length < max_q_len and length < 16384:
-        length *= 2
-    return length
+    """The autotuner's length class of a prefill: its padding bucket (`compile.bucket`), at most 16384 (a
+    tile tuned on a 1k prompt need not be the best at 16k)."""
+    return min(16384, bucket(max_q_len))
 
 
 @functools.cache

@@ -27,7 +27,7 @@ from ..kernels import quant_gemv, quant_matmul
 from ..model import forward
 from ..params import fuse, init_params, nbytes
 from ..quant import dequantize, mma, planar, quantize, tinygemm
-from ..quant.decode_layout import LAYOUTS
+from ..quant.decode_layout import apply_layout
 from ..quant.formats import DEFAULT_GROUP_SIZE, quantize_weight
 from .ceilings import copies_past_l2, measure, time_in_graph, write_results
 from .decode import compiled_decode, log, profile_step
@@ -56,13 +56,18 @@ def check_schemes(flag: str, names: str) -> list[str]:
 
 
 def decode_params(params, name: str, head: bool = False):
-    """The fused bf16 params quantised as the decode scheme `name` says (the output head too if `head`)."""
+    """The fused bf16 params quantised as the decode scheme `name` says (the output head too if `head`), in
+    storage layout (`laid_out` applies the scheme's run-time layout for a batch)."""
     scheme, group = parse_scheme(name)
     if scheme == "bf16":
         return params
-    p = quantize(params, scheme, group_size=group or DEFAULT_GROUP_SIZE, output=head)
+    return quantize(params, scheme, group_size=group or DEFAULT_GROUP_SIZE, output=head)
+
+
+def laid_out(params, name: str, rows: int):
+    """params in the run-time layout the decode scheme `name` ends in, if any, for steps of `rows` rows."""
     layout = name.partition("+")[2]
-    return LAYOUTS[layout](p) if layout else p
+    return apply_layout(params, layout, rows) if layout else params
 
 
 def weight_bytes(w) -> int:
@@ -215,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         save()
     if "decode" in parts:
         for s in decode_schemes:
-            p = decode_params(params, s, args.quantize_head)
+            stored = decode_params(params, s, args.quantize_head)
             for batch in map(int, args.batch_sizes.split(",")):
+                p = laid_out(stored, s, batch)
                 try:
                     r = compiled_decode(p, cfg, batch, 5, args.new_tokens, args.attention, results["ceilings"])
                     if args.profile and batch == 1:                    # reuses the graphs just compiled
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["tuned_configs"] = quant_matmul.tuned_configs()
                 log(r)
                 save()
-            del p
+            del p, stored
             torch.compiler.reset()
             torch.cuda.empty_cache()
     print(f"wrote {write_results(results, args.out, 'quant')}")

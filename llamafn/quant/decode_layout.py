@@ -3,9 +3,10 @@
 verification), as measured on an H100 at Llama-2-7B shapes (benchmarks/results/quant-*.json):
 
 - one bf16 row: the GEMVs' plane orders (llamafn.quant.planar), int8 and int4;
-- 2-8 bf16 rows: int4 in the tensor-core GEMV's layout (llamafn.quant.mma): at 8 rows a layer's four
+- 2-16 bf16 rows: int4 in the tensor-core GEMV's layout (llamafn.quant.mma): at 8 rows a layer's four
   matrices take 60.2 us, 1.09x its one-row time, against 139.2 for tinygemm and 143.5 for the Triton dot
-  kernel; int8 stays as stored;
+  kernel; at 16 rows 88.4 us against 137.6 for the dot kernel (at 32 rows it is slower than the dot kernel
+  on w13, 69.0 against 54.6 us, and the compiled step with it was too); int8 stays as stored;
 - up to FASTER_UP_TO_ROWS rows of other float dtypes: int4 in tinygemm's layout (llamafn.quant.tinygemm);
 - anything else (more rows, the CPU): as stored (the Triton dot kernels up to 64 rows, then a dequantised
   cuBLAS matmul).
@@ -21,6 +22,7 @@ from . import mma, planar, tinygemm
 
 
 LAYOUTS = {"mma": mma.for_mma, "tinygemm": tinygemm.for_tinygemm, "gemv": planar.for_gemv}
+MMA_MAX_ROWS = 16
 
 
 def layouts_for(rows: int, dtype: torch.dtype, device: torch.device) -> tuple[str, ...]:
@@ -29,10 +31,16 @@ def layouts_for(rows: int, dtype: torch.dtype, device: torch.device) -> tuple[st
         raise InputError(f"for_decode: rows a step must be an int >= 1, got {rows!r}")
     if device.type != "cuda":
         return ()
-    if dtype == torch.bfloat16 and 2 <= rows <= mma.int4_mma.ROWS_A_PROGRAM and mma.available(device):
+    if dtype == torch.bfloat16 and 2 <= rows <= MMA_MAX_ROWS and mma.available(device):
         return ("mma",)
     tiny = rows <= tinygemm.FASTER_UP_TO_ROWS and tinygemm.available(device) and not (rows == 1 and dtype == torch.bfloat16)
     return ("tinygemm",) * tiny + ("gemv",) * (rows == 1)
+
+
+def apply_layout(params: dict, name: str, rows: int) -> dict:
+    """params in the LAYOUTS entry `name`, made for decode steps of `rows` rows (the mma layout splits each
+    tile's groups among as many warps as that many rows leave room for)."""
+    return mma.for_mma(params, rows) if name == "mma" else LAYOUTS[name](params)
 
 
 def for_decode(params: dict, rows: int, dtype: torch.dtype) -> dict:
@@ -42,5 +50,5 @@ def for_decode(params: dict, rows: int, dtype: torch.dtype) -> dict:
     if not held:
         raise InputError("for_decode: the params hold no tensors")
     for name in layouts_for(rows, dtype, held[0].device):
-        params = LAYOUTS[name](params)
+        params = apply_layout(params, name, rows)
     return params

@@ -7,7 +7,7 @@ barriers, shared-memory operations and spills (local memory). The GEMV was shape
 GPU time was spent: the kernel it replaced had 12-20 barriers an iteration and 11.5 instructions a weight.
 
     python scripts/sass_mix.py --kernel int4 --group 128 [--rows 1]
-    python scripts/sass_mix.py --kernel int4-mma --group 128
+    python scripts/sass_mix.py --kernel int4-mma --group 128 [--tiles 2]
 """
 
 from __future__ import annotations
@@ -68,15 +68,15 @@ def loop_opcodes(sass: str) -> Counter:
     return Counter()
 
 
-def mma_mix(group: int) -> int:
+def mma_mix(group: int, tiles: int) -> int:
     """The tensor-core int4 GEMV's loop at every count of warps a tile: a thread takes 8 weights a word, 4
-    words a step, group / 64 steps a loop."""
+    words a step, group / 64 steps a loop, for each of `tiles` tiles."""
     for chains in mma.CHAINS:
         compiled = compile_sm90(int4_mma.int4_mma_kernel, ARGS["int4-mma"],
-                                {"NW": chains, "S": group // 16, "ASM": True}, chains)
+                                {"NW": chains, "S": group // 16, "TILES": tiles, "ASM": True}, chains)
         sass = disassemble(compiled.asm["cubin"])
         ops = loop_opcodes(sass)
-        total, weights = sum(ops.values()), 8 * 4 * group // 64
+        total, weights = sum(ops.values()), 8 * 4 * group // 64 * tiles
         print(f"warps a tile={chains}: {total} instructions a loop, "
               f"{total / weights:.2f} a weight; HMMA {ops['HMMA']}, BAR {ops['BAR']}, shared {ops['LDS'] + ops['STS']}, spills {sass.count('LDL') + sass.count('STL')}")
     return 0
@@ -87,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kernel", choices=("int8", "int4", "int4-mma"), default="int4")
     ap.add_argument("--group", type=int, default=128, help="int4 group size")
     ap.add_argument("--rows", type=int, help="only the configs with this many rows a program (BLOCK_N)")
+    ap.add_argument("--tiles", type=int, default=1, help="int4-mma: tiles a program (2 needs group 128)")
     args = ap.parse_args(argv)
     if args.kernel == "int4-mma":
-        return mma_mix(args.group)
+        return mma_mix(args.group, args.tiles)
     kernel = quant_gemv.int8_gemv_kernel if args.kernel == "int8" else quant_gemv.int4_gemv_kernel
     for config in quant_gemv.gemv_configs(args.kernel, args.group):
         if args.rows is not None and config.kwargs["BLOCK_N"] != args.rows:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..config import preset
 from ..errors import InputError
-from ..kernels import quant_gemv, quant_matmul
+from ..kernels import int4_mma, quant_gemv, quant_matmul
 from ..model import forward
 from ..params import fuse, init_params, nbytes
 from ..quant import dequantize, mma, planar, quantize, tinygemm
@@ -117,13 +117,20 @@ def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
 
 
 def mma_paths(x: torch.Tensor, copies: list) -> dict:
-    """The tensor-core int4 GEMV (llamafn.kernels.int4_mma) at every count of warps a tile, where it fits."""
+    """The tensor-core int4 GEMV (llamafn.kernels.int4_mma) at every count of warps a tile, where it fits;
+    past 8 rows (two tiles a program) also with one tile a program."""
     w = copies[0]
     if x.dtype != torch.bfloat16 or not mma.fits(*w.shape, w.group_size):
         return {}
-    return {f"triton mma, {chains} warps a tile": (
-        lambda x, w: torch.ops.llamafn.int4_mma(x, w.words, w.records, w.group_size),
-        [mma.to_mma(c, chains) for c in copies]) for chains in mma.CHAINS}
+    paths = {}
+    for chains in mma.CHAINS:
+        laid_out = [mma.to_mma(c, chains) for c in copies]
+        paths[f"triton mma, {chains} warps a tile"] = (
+            lambda x, w: torch.ops.llamafn.int4_mma(x, w.words, w.records, w.group_size), laid_out)
+        if int4_mma.tiles_a_program(x.shape[0], w.shape[0] // 16, w.group_size) == 2:
+            paths[f"triton mma, {chains} warps a tile, one tile a program"] = (
+                lambda x, w: int4_mma.int4_mma_launch(x, w.words, w.records, w.group_size, 1), laid_out)
+    return paths
 
 
 def kernel_rows(cfg, rows: list[int], schemes: list[str], copy_GBps: float) -> list[dict]:

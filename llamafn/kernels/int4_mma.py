@@ -1,4 +1,4 @@
-"""int4 GEMV for decode steps of one to sixteen rows on the tensor cores, after Marlin (Frantar, Castro, Chen, Hoefler and
+"""int4 GEMV for decode steps of one to thirty-two rows on the tensor cores, after Marlin (Frantar, Castro, Chen, Hoefler and
 Alistarh 2024, "MARLIN: Mixed-Precision Auto-Regressive Parallel Inference on Large Language Models"), in
 Triton through inline PTX.
 
@@ -12,7 +12,7 @@ fp32 partial sums every four k-steps. In the sm_90 SASS the loop takes 2.23-2.41
 at group 128 (`python scripts/sass_mix.py --kernel int4-mma`) against 3.6-3.7 for the packed-bf16
 CUDA-core GEMV (llamafn.kernels.quant_gemv), which is bound by instruction issue.
 
-A program is one 16-row tile of the weight times 8 rows of x; its NW warps (chains) split the groups of K between them,
+A program is one 16-row tile of the weight (or two, past 8 rows) times 8 rows of x; its NW warps (chains) split the groups of K between them,
 ceil(G / NW) each (loads past the last group masked), and add their partial sums at the end. At group 128
 a warp loads group i + 1 before it multiplies group i (in the SASS ptxas places those loads after the
 group's HMMAs, so two groups of loads are in flight); the other group sizes load a group, then multiply it.
@@ -32,11 +32,12 @@ wqkv and w13 (12.9 and 21.0 us against 13.1 and 21.5) and slower on wo and w2 (7
 the four layers take 60.2 us against its own 55.4 at one row, where the Triton dot kernel takes 143.5 and
 tinygemm 139.2, so steps of 2-8 rows (beams, speculative verification, small batches) use it: the
 compiled 7B int4 step at batch 8 ran at 3097 tok/s against 1550 on the dot kernel, on one machine.
-More rows than 8 run 8 a program, the programs of a tile re-reading its words from L2 and x once each:
-at 16 rows (two programs a tile, half the warps a tile) the four layers take 88.4 us against 137.6 for
-the dot kernel, and the batch-16 step ran at 4312 tok/s against 2831; at 32 rows x's re-reads (32 rows
-of K for every 16 weight rows) bound it, and w13 takes 69.0 us against the dot kernel's 54.6, so decode
-layouts switch to the dot kernel past 16 rows.
+More rows than 8 run 8 a program, the programs of a tile re-reading its words from L2. Then x's reads
+(every row of x for every 16 weight rows, from L2) bound the kernel, so past 8 rows a program multiplies
+two tiles (at group 128, `tiles_a_program`), loading each quad of x once for both. At 16 rows the four
+layers take 78.9 us with two tiles a program against 88.4 with one and 137.3 for the dot kernel; at 32
+rows 121.5 against 156.1 and 174.0. The compiled 7B int4 step ran at 4723 tok/s at batch 16 (2831 on
+the dot kernel, another lease) and 6499 against 4940 at batch 32, so decode layouts use it up to 32 rows.
 """
 
 from __future__ import annotations
@@ -108,25 +109,41 @@ if triton is not None:
         tl.store(out_ptr + e, tid)
 
     @triton.jit
-    def group_inputs(words_at, x_at, rec_at, x_ok, gi, w, GPC, G, E: tl.constexpr):
-        """Group gi of a chain at 128 columns (two steps of 4 k-steps): both steps' words and x quads, and the
-        record; a group past G (the last chains' padding) reads no x and a zero record."""
+    def group_words(words_at, rec_at, gi, w, GPC, G, E: tl.constexpr):
+        """A tile's words of group gi of a chain at 128 columns (two steps of 4 k-steps) and its record (zero
+        for a group past G, the last chains' padding)."""
         real = w * GPC + gi < G
         words0 = tl.load(words_at + (2 * gi) * E)
         words1 = tl.load(words_at + (2 * gi + 1) * E)
-        x0 = tl.load(x_at + gi * 32, mask=x_ok & real, other=0)
-        x1 = tl.load(x_at + gi * 32 + 4, mask=x_ok & real, other=0)
-        return words0, words1, x0, x1, tl.load(rec_at + gi * 8, mask=real, other=0)
+        return words0, words1, tl.load(rec_at + gi * 8, mask=real, other=0)
+
+    @triton.jit
+    def group_x(x_at, x_ok, gi, w, GPC, G):
+        """The x quads of group gi of a chain at 128 columns, both steps (none read past G)."""
+        real = w * GPC + gi < G
+        return tl.load(x_at + gi * 32, mask=x_ok & real, other=0), tl.load(x_at + gi * 32 + 4, mask=x_ok & real, other=0)
+
+    @triton.jit
+    def store_tile(acc, out_ptr, p, M, stride_om, NW: tl.constexpr):
+        """The (NW * 128,) accumulators of tile p, summed over the chains, into out (columns 16 p ..)."""
+        per_lane = tl.sum(tl.reshape(acc, (NW, 8, 4, 4)), axis=0)                # (g, t, j)
+        r3 = tl.arange(0, 8)[:, None, None]
+        t3 = tl.arange(0, 4)[None, :, None]
+        j3 = tl.arange(0, 4)[None, None, :]
+        m = 2 * t3 + j3 % 2                                 # lane (g, t) holds D[g][2t], D[g][2t+1], D[g+8][2t],
+        rows = p * 16 + r3 + 8 * (j3 // 2)                  # D[g+8][2t+1]: column m of D is row m of the output
+        tl.store(out_ptr + m * stride_om + rows, per_lane.to(out_ptr.dtype.element_ty), mask=m < M)
 
     @triton.jit
     def int4_mma_kernel(x_ptr, w_ptr, r_ptr, out_ptr, M, G, GPC, stride_xm, stride_om, CHUNKS,
-                        NW: tl.constexpr, S: tl.constexpr, ASM: tl.constexpr):
+                        NW: tl.constexpr, S: tl.constexpr, TILES: tl.constexpr, ASM: tl.constexpr):
         """x_ptr: x (M, K) bf16 read as int64 quads (row stride stride_xm quads); w_ptr: words (P, GPC * S / 4,
         NW * 128) int32; r_ptr: records (P, G, 8) int64; out_ptr: (M, 16 P). S = k-steps a group (group
         size / 16); chain w takes groups [w GPC, (w + 1) GPC), those past G masked (zero words, no x).
-        Program i multiplies tile i // CHUNKS by rows 8 (i % CHUNKS).. of x: the programs of one tile are
-        neighbours, so its re-reads hit L2."""
-        p, c = tl.program_id(0) // CHUNKS, tl.program_id(0) % CHUNKS          # tile p, rows 8 c.. of x
+        Program i multiplies tiles TILES (i // CHUNKS) .. + TILES - 1 by rows 8 (i % CHUNKS).. of x: the
+        programs of one tile are neighbours, so its re-reads hit L2; TILES = 2 (group 128 only) loads each
+        quad of x once for two tiles."""
+        p, c = tl.program_id(0) // CHUNKS * TILES, tl.program_id(0) % CHUNKS   # first tile p, rows 8 c.. of x
         x_ptr += c * 8 * stride_xm
         out_ptr += c * 8 * stride_om
         M = tl.minimum(M - 8 * c, 8)
@@ -134,21 +151,38 @@ if triton is not None:
         e = tl.arange(0, E)
         w, lane, j = e // 128, (e // 4) % 32, e % 4
         g, t = lane // 4, lane % 4
-        words_at = w_ptr + p.to(tl.int64) * (GPC * (S // 4) * E) + e
+        tile_words = GPC * (S // 4) * E
+        words_at = w_ptr + p.to(tl.int64) * tile_words + e
         quad = w * (GPC * 4 * S) + t * S + j                                     # lane t's quads of a group
         rec_at = r_ptr + (p * G + w * GPC) * 8 + g
         if ASM:
             acc = tl.zeros((E,), dtype=tl.float32)
             x_at = x_ptr + tl.minimum(g, M - 1) * stride_xm + quad                  # B column n = row n of x
             if S == 8:                                                            # group 128: the next group's
-                w0, w1, x0, x1, rec = group_inputs(words_at, x_at, rec_at, g < M, 0, w, GPC, G, E)   # loads in flight
+                w0, w1, rec = group_words(words_at, rec_at, 0, w, GPC, G, E)      # loads in flight
+                x0, x1 = group_x(x_at, g < M, 0, w, GPC, G)
+                if TILES == 2:
+                    acc2 = tl.zeros((E,), dtype=tl.float32)
+                    v0, v1, rec2 = group_words(words_at + tile_words, rec_at + G * 8, 0, w, GPC, G, E)
                 for gi in range(GPC):
-                    ahead = group_inputs(words_at, x_at, rec_at, g < M, tl.minimum(gi + 1, GPC - 1), w, GPC, G, E)
+                    nxt = tl.minimum(gi + 1, GPC - 1)
+                    ahead = group_words(words_at, rec_at, nxt, w, GPC, G, E)
+                    ahead_x = group_x(x_at, g < M, nxt, w, GPC, G)
                     acc = tl.inline_asm_elementwise(MMA4, MMA4_CONSTRAINTS, [w0, x0, rec, acc],
                                                     dtype=tl.float32, is_pure=True, pack=4)
                     acc = tl.inline_asm_elementwise(MMA4, MMA4_CONSTRAINTS, [w1, x1, rec, acc],
                                                     dtype=tl.float32, is_pure=True, pack=4)
-                    w0, w1, x0, x1, rec = ahead
+                    if TILES == 2:
+                        ahead2 = group_words(words_at + tile_words, rec_at + G * 8, nxt, w, GPC, G, E)
+                        acc2 = tl.inline_asm_elementwise(MMA4, MMA4_CONSTRAINTS, [v0, x0, rec2, acc2],
+                                                         dtype=tl.float32, is_pure=True, pack=4)
+                        acc2 = tl.inline_asm_elementwise(MMA4, MMA4_CONSTRAINTS, [v1, x1, rec2, acc2],
+                                                         dtype=tl.float32, is_pure=True, pack=4)
+                        v0, v1, rec2 = ahead2
+                    w0, w1, rec = ahead
+                    x0, x1 = ahead_x
+                if TILES == 2:
+                    store_tile(acc2, out_ptr, p + 1, M, stride_om, NW)
             else:
                 for gi in range(GPC):
                     real = w * GPC + gi < G
@@ -158,34 +192,30 @@ if triton is not None:
                         xq = tl.load(x_at + gi * (4 * S) + 4 * h, mask=(g < M) & real, other=0)
                         acc = tl.inline_asm_elementwise(MMA4, MMA4_CONSTRAINTS, [words, xq, rec, acc],
                                                         dtype=tl.float32, is_pure=True, pack=4)
-            per_lane = tl.sum(tl.reshape(acc, (NW, 8, 4, 4)), axis=0)            # (g, t, j)
-            r3 = tl.arange(0, 8)[:, None, None]
-            t3 = tl.arange(0, 4)[None, :, None]
-            j3 = tl.arange(0, 4)[None, None, :]
-            m = 2 * t3 + j3 % 2                             # lane (g, t) holds D[g][2t], D[g][2t+1], D[g+8][2t],
-            rows = p * 16 + r3 + 8 * (j3 // 2)              # D[g+8][2t+1]: column m of D is row m of the output
-            tl.store(out_ptr + m * stride_om + rows, per_lane.to(out_ptr.dtype.element_ty), mask=m < M)
+            store_tile(acc, out_ptr, p, M, stride_om, NW)
         else:
             n = tl.arange(0, 8)
-            lo = tl.zeros((E, 8), dtype=tl.float32)
-            hi = tl.zeros((E, 8), dtype=tl.float32)
             x_at = x_ptr + tl.minimum(n, M - 1)[None, :] * stride_xm + quad[:, None]
-            for gi in range(GPC):
-                real = w * GPC + gi < G
-                rec = tl.load(rec_at + gi * 8, mask=real, other=0)
-                for h in tl.static_range(S // 4):
-                    words = tl.load(words_at + (gi * (S // 4) + h) * E)
-                    x_all = tl.load(x_at + gi * (4 * S) + 4 * h, mask=(n < M)[None, :] & real[:, None], other=0)
-                    dlo, dhi = fragment_sums(words, x_all, rec)
-                    lo += dlo
-                    hi += dhi
-            lo_g = tl.sum(tl.reshape(lo, (NW, 8, 16, 8)), axis=2)                  # (w, g, n)
-            hi_g = tl.sum(tl.reshape(hi, (NW, 8, 16, 8)), axis=2)
-            rows = p * 16 + tl.arange(0, 8)[:, None]
-            cols = tl.arange(0, 8)[None, :] * stride_om
-            tl.store(out_ptr + cols + rows, tl.sum(lo_g, axis=0).to(out_ptr.dtype.element_ty), mask=n[None, :] < M)
-            tl.store(out_ptr + cols + rows + 8, tl.sum(hi_g, axis=0).to(out_ptr.dtype.element_ty),
-                     mask=n[None, :] < M)
+            for tile in tl.static_range(TILES):
+                lo = tl.zeros((E, 8), dtype=tl.float32)
+                hi = tl.zeros((E, 8), dtype=tl.float32)
+                for gi in range(GPC):
+                    real = w * GPC + gi < G
+                    rec = tl.load(rec_at + tile * G * 8 + gi * 8, mask=real, other=0)
+                    for h in tl.static_range(S // 4):
+                        words = tl.load(words_at + tile * tile_words + (gi * (S // 4) + h) * E)
+                        x_all = tl.load(x_at + gi * (4 * S) + 4 * h, mask=(n < M)[None, :] & real[:, None], other=0)
+                        dlo, dhi = fragment_sums(words, x_all, rec)
+                        lo += dlo
+                        hi += dhi
+                lo_g = tl.sum(tl.reshape(lo, (NW, 8, 16, 8)), axis=2)              # (w, g, n)
+                hi_g = tl.sum(tl.reshape(hi, (NW, 8, 16, 8)), axis=2)
+                rows = (p + tile) * 16 + tl.arange(0, 8)[:, None]
+                cols = tl.arange(0, 8)[None, :] * stride_om
+                tl.store(out_ptr + cols + rows, tl.sum(lo_g, axis=0).to(out_ptr.dtype.element_ty),
+                         mask=n[None, :] < M)
+                tl.store(out_ptr + cols + rows + 8, tl.sum(hi_g, axis=0).to(out_ptr.dtype.element_ty),
+                         mask=n[None, :] < M)
 
 
 @functools.cache
@@ -199,9 +229,17 @@ def layout_ok(device: torch.device, chains: int) -> bool:
     return torch.equal(threads.cpu(), torch.arange(E, dtype=torch.int32) // 4)
 
 
-def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int) -> torch.Tensor:
+def tiles_a_program(rows: int, tiles: int, group_size: int) -> int:
+    """Tiles a program of int4_mma_kernel: two where x has more than 8 rows (so that each tile's programs
+    re-read x, which two tiles a program halves), the tile count is even and the group is 128 (the
+    prefetching loop); else one."""
+    return 2 if rows > ROWS_A_PROGRAM and tiles % 2 == 0 and group_size == 128 else 1
+
+
+def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int,
+                    tiles: int | None = None) -> torch.Tensor:
     """x (M, K) bf16, a weight in the mma layout (llamafn.quant.mma) -> x @ w^T (M, N) bf16; each program
-    multiplies 8 rows of x by one tile."""
+    multiplies 8 rows of x by `tiles` tiles (by default tiles_a_program)."""
     M, K = x.shape
     if x.dtype != torch.bfloat16 or K % 4:
         raise InputError(f"int4_mma takes bf16 rows with K a multiple of 4, got {tuple(x.shape)} {x.dtype}")
@@ -210,11 +248,15 @@ def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor,
         x = x.clone(memory_format=torch.contiguous_format)
     quads = x.view(torch.int64)                                                    # (M, K/4) 8-byte quads of x
     out = torch.empty(M, 16 * P, dtype=torch.bfloat16, device=x.device)
+    tiles = tiles_a_program(M, P, group_size) if tiles is None else tiles
+    if tiles not in (1, 2) or P % tiles or (tiles == 2 and group_size != 128):
+        raise InputError(f"int4_mma runs one tile a program, or two for group 128 and an even tile count; got "
+                         f"{tiles} for {P} tiles in groups of {group_size}")
     if M:
         chunks = -(-M // ROWS_A_PROGRAM)
-        launcher(int4_mma_kernel)[(P * chunks,)](
+        launcher(int4_mma_kernel)[(P // tiles * chunks,)](
             quads, words, records, out, M, G, -(-G // chains), quads.stride(0), out.stride(0), chunks, NW=chains,
-            S=group_size // 16, ASM=not INTERPRET, **({} if INTERPRET else {"num_warps": chains}))
+            S=group_size // 16, TILES=tiles, ASM=not INTERPRET, **({} if INTERPRET else {"num_warps": chains}))
     return out
 
 

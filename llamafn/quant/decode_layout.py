@@ -3,10 +3,9 @@
 verification), as measured on an H100 at Llama-2-7B shapes (benchmarks/results/quant-*.json):
 
 - one bf16 row: the GEMVs' plane orders (llamafn.quant.planar), int8 and int4;
-- 2-16 bf16 rows: int4 in the tensor-core GEMV's layout (llamafn.quant.mma): at 8 rows a layer's four
+- 2-32 bf16 rows: int4 in the tensor-core GEMV's layout (llamafn.quant.mma): at 8 rows a layer's four
   matrices take 60.2 us, 1.09x its one-row time, against 139.2 for tinygemm and 143.5 for the Triton dot
-  kernel; at 16 rows 88.4 us against 137.6 for the dot kernel (at 32 rows it is slower than the dot kernel
-  on w13, 69.0 against 54.6 us, and the compiled step with it was too); int8 stays as stored;
+  kernel; at 16 rows 78.9 us against 137.3, at 32 rows 121.5 against 174.0; int8 stays as stored;
 - up to FASTER_UP_TO_ROWS rows of other float dtypes: int4 in tinygemm's layout (llamafn.quant.tinygemm);
 - anything else (more rows, the CPU): as stored (the Triton dot kernels up to 64 rows, then a dequantised
   cuBLAS matmul).
@@ -22,7 +21,7 @@ from . import mma, planar, tinygemm
 
 
 LAYOUTS = {"mma": mma.for_mma, "tinygemm": tinygemm.for_tinygemm, "gemv": planar.for_gemv}
-MMA_MAX_ROWS = 16
+MMA_MAX_ROWS = 32
 
 
 def layouts_for(rows: int, dtype: torch.dtype, device: torch.device) -> tuple[str, ...]:

@@ -1,5 +1,5 @@
 """The tensor-core int4 GEMV's layout (llamafn.kernels.int4_mma) as a run-time layout of int4 weights,
-`Int4MmaWeight`, for decode steps of two to sixteen bf16 rows.
+`Int4MmaWeight`, for decode steps of two to thirty-two bf16 rows.
 
 Rows go in tiles of 16 (one mma's A operand) and each tile's groups are split among `chains` warps, each
 ceil(groups / chains) of them (the last warp's missing groups are zero words the kernel masks). Word e
@@ -37,13 +37,15 @@ def available(device: torch.device, chains: int = 8) -> bool:
             and int4_mma.layout_ok(device, chains))
 
 
-def chains_for(n: int, rows: int = 1) -> int:
-    """Warps a tile for an n-row weight multiplying `rows` rows of x: the most of CHAINS that keeps the launch's
-    warps (tiles x chains x programs a tile, one program for each 8 rows of x) within WARPS_IN_FLIGHT. On an
-    H100 at 7B shapes (benchmarks/results/quant-nvidia-h100-80gb-hbm3.json) this picks the fastest count, or
-    one within 5%, for every layer: at 1-8 rows 4 for wqkv (768 tiles), 8 for wo and w2 (256), 2 for w13
-    (1376), on two leases; at 16 rows 2, 4, 4 and 1, and at 32 rows 1, 2, 2 and 1 (the 35th invocation)."""
-    programs = (n // 16) * -(-rows // int4_mma.ROWS_A_PROGRAM)
+def chains_for(n: int, rows: int = 1, group_size: int = 128) -> int:
+    """Warps a tile for an n-row weight in groups of group_size multiplying `rows` rows of x: the most of
+    CHAINS that keeps the launch's warps (programs x chains; a program for each 8 rows of x and each one or
+    two tiles, `int4_mma.tiles_a_program`) within WARPS_IN_FLIGHT. On an H100 at 7B shapes
+    (benchmarks/results/quant-nvidia-h100-80gb-hbm3.json) this picks the fastest count, or one within 10%,
+    for every layer: at 1-8 rows 4 for wqkv (768 tiles), 8 for wo and w2 (256), 2 for w13 (1376), on two
+    leases; at 16 rows (two tiles a program) the same, and at 32 rows 2, 4, 1 and 4 (the 37th invocation)."""
+    tiles = n // 16
+    programs = tiles // int4_mma.tiles_a_program(rows, tiles, group_size) * -(-rows // int4_mma.ROWS_A_PROGRAM)
     chains = max(CHAINS)
     while chains > 1 and programs * chains > WARPS_IN_FLIGHT:
         chains //= 2
@@ -82,7 +84,7 @@ def to_mma(w: Int4Weight, chains: int | None = None, rows: int = 1) -> Int4MmaWe
     """w in the mma layout with `chains` warps a tile (one of CHAINS; by default `chains_for` its rows and the
     `rows` of x a step will multiply it by)."""
     (N, K), group = w.shape, w.group_size
-    chains = chains_for(N, rows) if chains is None else chains
+    chains = chains_for(N, rows, group) if chains is None else chains
     if not fits(N, K, group) or chains not in CHAINS:
         raise InputError(f"the int4 mma layout needs rows in tiles of 16, whole groups of {GROUP_SIZES} and {CHAINS} "
                          f"warps a tile; got {N}x{K} in groups of {group}, {chains} warps")

@@ -4,7 +4,7 @@ the same tests run the PTX."""
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from llamafn.errors import InputError
@@ -28,11 +28,13 @@ def int4_weight(g: torch.Generator, n: int, k: int, group: int) -> Int4Weight:
 
 
 @given(seeds(), st.integers(1, 20), st.integers(1, 2), st.sampled_from(GROUP_SIZES),
-       st.sampled_from(CHAINS), st.integers(1, 5))
-def test_int4_mma_matches_the_dequantised_product(seed, m, tiles, group, chains, groups):
+       st.sampled_from(CHAINS), st.integers(1, 5), st.booleans())
+@example(seed=0, m=12, tiles=2, group=128, chains=2, groups=3, pair=True)      # two tiles a program, two chunks
+def test_int4_mma_matches_the_dequantised_product(seed, m, tiles, group, chains, groups, pair):
     """1-20 rows of x (8 a program, every column of the mma's B, a last program's unused ones masked), 1-2
     tiles of 16 rows, every group size (on a GPU group 128 takes the prefetching loop; the interpreter's
-    twin has one loop), 1-8 chains a tile over 1-5 groups (the last chains' missing groups masked)."""
+    twin has one loop), 1-8 chains a tile over 1-5 groups (the last chains' missing groups masked); at
+    group 128 with two tiles, both tiles in one program or one each."""
     g = torch.Generator().manual_seed(seed)
     n, k = 16 * tiles, group * groups
     w = int4_weight(g, n, k, group)
@@ -41,8 +43,23 @@ def test_int4_mma_matches_the_dequantised_product(seed, m, tiles, group, chains,
     assert m4.words.shape == (tiles, -(-groups // chains) * group // 64, 128 * chains)
     assert m4.words.dtype == torch.int32 and m4.shape == (n, k) and m4.group_size == group
     assert m4.records.shape == (tiles, k // group, 8) and m4.records.dtype == torch.int64
-    out = int4_mma.int4_mma_launch(x.to(DEVICE), m4.words, m4.records, group)
+    a_program = 2 if pair and tiles == 2 and group == 128 else 1
+    out = int4_mma.int4_mma_launch(x.to(DEVICE), m4.words, m4.records, group, a_program)
     check(out, x.to(DEVICE), Int4Weight(*(f.to(DEVICE) for f in w)))
+
+
+def test_two_tiles_a_program_where_x_is_reread_and_the_tiles_pair_up():
+    assert int4_mma.tiles_a_program(9, 256, 128) == int4_mma.tiles_a_program(32, 1376, 128) == 2
+    assert int4_mma.tiles_a_program(8, 256, 128) == 1                                  # one program a tile reads x once
+    assert int4_mma.tiles_a_program(16, 255, 128) == 1 and int4_mma.tiles_a_program(16, 256, 64) == 1
+
+
+@pytest.mark.parametrize("tiles, group, message", [(3, 128, "got 3 for 2 tiles"), (2, 64, "got 2 for 2 tiles in groups of 64")])
+def test_the_kernel_refuses_tiles_a_program_it_cannot_run(tiles, group, message):
+    w = to_mma(Int4Weight(pack_int4(torch.zeros(32, 256, dtype=torch.int64)), torch.ones(32, 256 // group).bfloat16(),
+                          torch.zeros(32, 256 // group, dtype=torch.uint8)), 1)
+    with pytest.raises(InputError, match=message):
+        int4_mma.int4_mma_launch(torch.zeros(1, 256).bfloat16(), w.words, w.records, group, tiles)
 
 
 def test_the_kernel_refuses_rows_that_are_not_bf16():

@@ -22,8 +22,8 @@ def kernels(monkeypatch):
 @pytest.mark.parametrize("rows, dtype, layouts", [
     (1, torch.bfloat16, ("gemv",)),                       # batch-1 decode: the plane-order GEMVs
     (2, torch.bfloat16, ("mma",)), (5, torch.bfloat16, ("mma",)), (8, torch.bfloat16, ("mma",)),
-    (9, torch.bfloat16, ("mma",)), (16, torch.bfloat16, ("mma",)),   # two programs a tile
-    (17, torch.bfloat16, ()),                             # past 16 rows: the Triton dot kernels
+    (9, torch.bfloat16, ("mma",)), (32, torch.bfloat16, ("mma",)),   # 2-4 programs a pair of tiles
+    (33, torch.bfloat16, ()),                             # past 32 rows: the Triton dot kernels
     (1, torch.float16, ("tinygemm", "gemv")), (4, torch.float16, ("tinygemm",)), (5, torch.float16, ()),
 ])
 def test_rows_a_step_pick_the_measured_fastest_layouts(kernels, rows, dtype, layouts):
@@ -49,13 +49,16 @@ def test_a_gpu_without_the_kernels_keeps_what_runs(monkeypatch):
 
 
 def test_the_mma_layout_takes_its_warps_a_tile_from_the_rows_a_step(kernels):
-    """The same weight laid out for 8 rows (one program a tile) and for 16 (two) gets the chains that
-    chains_for gives those rows: 16 rows halve the warps a tile where the launch would pass the budget."""
-    w = quantize_int4(torch.randn(16 * 200, 256), 64)                            # 200 tiles
-    for rows in (2, 8, 16):
-        out = decode_layout.apply_layout({"a": w}, "mma", rows)["a"]
-        assert out.words.shape[2] == 128 * mma.chains_for(w.shape[0], rows)
-    assert mma.chains_for(w.shape[0], 16) == mma.chains_for(w.shape[0], 8) // 2
+    """The same weight laid out for 8 rows (one program a tile), 16 (two) and 32 (four) gets the chains that
+    chains_for gives those rows and its group: 32 rows halve the warps a tile where the launch would pass
+    the budget, at group 64 (one tile a program) already 16 do."""
+    for group in (64, 128):
+        w = quantize_int4(torch.randn(16 * 200, 256), group)                        # 200 tiles
+        for rows in (2, 8, 16, 32):
+            out = decode_layout.apply_layout({"a": w}, "mma", rows)["a"]
+            assert out.words.shape[2] == 128 * mma.chains_for(w.shape[0], rows, group)
+    assert mma.chains_for(16 * 200, 32) == mma.chains_for(16 * 200, 16) // 2 == 4
+    assert mma.chains_for(16 * 200, 16, 64) == mma.chains_for(16 * 200, 8, 64) // 2 == 4
 
 
 def test_the_cpu_keeps_the_params_as_they_are(kernels):
@@ -68,7 +71,7 @@ def test_the_cpu_keeps_the_params_as_they_are(kernels):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the decode layouts are GPU layouts")
 @pytest.mark.parametrize("rows, kind", [(1, "Int4GemvWeight"), (2, "Int4MmaWeight"), (8, "Int4MmaWeight"),
-                                        (16, "Int4MmaWeight")])
+                                        (16, "Int4MmaWeight"), (32, "Int4MmaWeight")])
 def test_on_a_gpu_the_chosen_layout_gives_the_natural_logits(small_fused_model, rows, kind):
     """A decode step of `rows` rows (a batch's last positions) in the chosen layout against the stored one."""
     params, cfg, tokens = small_fused_model

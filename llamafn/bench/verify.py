@@ -1,6 +1,6 @@
 """What speculative decoding and beam search cost at 7B shapes (random bf16 weights, one GPU):
 
-- the time of one (k+1)-token verify forward against a 1-token decode step, k = 1..8, over a cache
+- the time of one (k+1)-token verify forward against a 1-token decode step, k = 1..`--max-k`, over a cache
   of `--context` positions (each captured in a CUDA graph, so launch overhead is out of both), and the
   speedup that follows for draft acceptance rates 0.6/0.8/0.9 with a draft costing `--draft-cost` of
   a target step: E[tokens a step] = (1 - a^(k+1)) / (1 - a), speedup = E * t_1 / (t_(k+1) + k * c * t_1);
@@ -59,10 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--draft-cost", type=float, default=0.05, help="draft step time / target step time")
     ap.add_argument("--weights", default="bf16", help="bf16, int8 or int4-gN (N: 32, 64, 128, 256)")
+    ap.add_argument("--max-k", type=int, default=8, help="the most draft tokens a verify forward checks (1..16)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     if not SCHEME.fullmatch(args.weights) or "+" in args.weights:
         ap.error(f"--weights takes one of bf16, int8 or int4-gN with N 32, 64, 128 or 256; got {args.weights!r}")
+    if not 1 <= args.max_k <= 16:
+        ap.error(f"--max-k takes 1..16 (the CLI's range of --k); got {args.max_k}")
     scheme, group = parse_scheme(args.weights)
     if not torch.cuda.is_available():
         print("bench_verify: needs a CUDA GPU", file=sys.stderr)
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                      "command": "python scripts/bench_verify.py " + " ".join(argv or sys.argv[1:]),
                      "ceilings": measure(), "verify": [], "beams": []}
     t1 = time_rows(1, 1)
-    for k in range(1, 9):
+    for k in range(1, args.max_k + 1):
         tk = time_rows(1, k + 1)
         row = {"k": k, "verify_ms": round(tk * 1e3, 3), "step_ms": round(t1 * 1e3, 3), "ratio": round(tk / t1, 3)}
         for a in (0.6, 0.8, 0.9):

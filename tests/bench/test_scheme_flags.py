@@ -1,4 +1,4 @@
-"""bench verify's --weights and bench quant's schemes are checked before any GPU work."""
+"""bench verify's --weights and --max-k and bench quant's schemes are checked before any GPU work."""
 
 import pytest
 
@@ -12,6 +12,13 @@ def test_weights_that_are_not_one_scheme_are_refused(weights, capsys):
         verify.main(["--weights", weights])
     assert exit.value.code == 2 and f"--weights takes one of bf16, int8 or int4-gN with N 32, 64, 128 or 256; got " \
         f"{weights!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("max_k", ["0", "17"])
+def test_bench_verify_refuses_a_max_k_the_cli_cannot_run(max_k, capsys):
+    with pytest.raises(SystemExit) as exit:
+        verify.main(["--max-k", max_k])
+    assert exit.value.code == 2 and f"--max-k takes 1..16 (the CLI's range of --k); got {max_k}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, bad", [

@@ -124,12 +124,12 @@ def mma_paths(x: torch.Tensor, copies: list) -> dict:
         return {}
     paths = {}
     for chains in mma.CHAINS:
-        laid_out = [mma.to_mma(c, chains) for c in copies]
+        prepared = [mma.to_mma(c, chains) for c in copies]
         paths[f"triton mma, {chains} warps a tile"] = (
-            lambda x, w: torch.ops.llamafn.int4_mma(x, w.words, w.records, w.group_size), laid_out)
+            lambda x, w: torch.ops.llamafn.int4_mma(x, w.words, w.records, w.group_size), prepared)
         if int4_mma.tiles_a_program(x.shape[0], w.shape[0] // 16, w.group_size) == 2:
             paths[f"triton mma, {chains} warps a tile, one tile a program"] = (
-                lambda x, w: int4_mma.int4_mma_launch(x, w.words, w.records, w.group_size, 1), laid_out)
+                lambda x, w: int4_mma.int4_mma_launch(x, w.words, w.records, w.group_size, 1), prepared)
     return paths
 
 

@@ -10,7 +10,8 @@ weight's type, so every layer works unchanged on float and on quantised params.
 - `Int4TinyGemmWeight` (llamafn.quant.tinygemm, batch-1 decode on a GPU): PyTorch's tinygemm kernel, at
   any row count;
 - `Int4MmaWeight` (llamafn.quant.mma) on a GPU, up to `KERNEL_MAX_ROWS` bf16 rows: the tensor-core int4
-  GEMV (llamafn.kernels.int4_mma), 8 rows a program;
+  GEMV (llamafn.kernels.int4_mma), 8 rows a program; more rows, or other dtypes: the layout dequantised
+  by one Triton launch (llamafn.kernels.mma_dequant), then `F.linear`;
 - otherwise (the CPU, or prefill's many rows, where the product is compute-bound and one dequantise
   pass is small next to it): dequantise to the activations' dtype and `F.linear` (cuBLAS).
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..kernels import int4_mma, quant_matmul  # noqa: F401  (registers the custom ops)
+from ..kernels import int4_mma, mma_dequant, quant_matmul  # noqa: F401  (registers the custom ops)
 from ..kernels.runtime import triton
 from .formats import (Int4GemvWeight, Int4MmaWeight, Int4TinyGemmWeight, Int4Weight, Int8GemvWeight, Int8Weight,
                       QuantWeight, dequantize)
@@ -37,9 +38,12 @@ def linear(x: torch.Tensor, w: torch.Tensor | QuantWeight) -> torch.Tensor:
     if isinstance(w, Int4TinyGemmWeight):
         out = tinygemm_matmul(rows, w)
     elif isinstance(w, Int4MmaWeight):
-        out = (torch.ops.llamafn.int4_mma(rows.contiguous(), w.words, w.records, w.group_size)
-               if x.is_cuda and triton is not None and rows.shape[0] <= KERNEL_MAX_ROWS and x.dtype == torch.bfloat16
-               else F.linear(rows, dequantize(w, x.dtype)))
+        on_gpu = x.is_cuda and triton is not None
+        if on_gpu and rows.shape[0] <= KERNEL_MAX_ROWS and x.dtype == torch.bfloat16:
+            out = torch.ops.llamafn.int4_mma(rows.contiguous(), w.words, w.records, w.group_size)
+        else:
+            out = F.linear(rows, torch.ops.llamafn.int4_mma_dequantize(w.words, w.records, w.group_size, x.dtype)
+                           if on_gpu else dequantize(w, x.dtype))
     elif x.is_cuda and triton is not None and rows.shape[0] <= KERNEL_MAX_ROWS:
         if isinstance(w, (Int8Weight, Int8GemvWeight)):
             out = torch.ops.llamafn.int8_matmul(rows.contiguous(), w.q, w.scale, isinstance(w, Int8GemvWeight))

@@ -27,7 +27,7 @@ from ..kernels import int4_mma, quant_gemv, quant_matmul
 from ..model import forward
 from ..params import fuse, init_params, nbytes
 from ..quant import dequantize, mma, planar, quantize, tinygemm
-from ..quant.decode_layout import apply_layout
+from ..quant.decode_layout import LAYOUTS
 from ..quant.formats import DEFAULT_GROUP_SIZE, quantize_weight
 from .ceilings import copies_past_l2, measure, time_in_graph, write_results
 from .decode import compiled_decode, log, profile_step
@@ -67,7 +67,7 @@ def decode_params(params, name: str, head: bool = False):
 def laid_out(params, name: str, rows: int):
     """params in the run-time layout the decode scheme `name` ends in, if any, for steps of `rows` rows."""
     layout = name.partition("+")[2]
-    return apply_layout(params, layout, rows) if layout else params
+    return LAYOUTS[layout](params, rows) if layout else params
 
 
 def weight_bytes(w) -> int:

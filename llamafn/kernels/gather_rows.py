@@ -66,7 +66,7 @@ def address_table(addresses: list[int], device: torch.device) -> torch.Tensor:
 
 def word_bytes(element_size: int, addresses: list[int], run_bytes: int, strides: Sequence[int]) -> int:
     """The widest word (8, 4, 2 or 1 bytes) dividing the run, every stride and every base address."""
-    for word in (8, 4, 2, 1):
+    for word in (8, 4, 2):
         if run_bytes % word == 0 and all(s * element_size % word == 0 for s in strides) \
                 and all(a % word == 0 for a in addresses):
             return word

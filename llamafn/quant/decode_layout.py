@@ -20,7 +20,9 @@ from ..params import tensors
 from . import mma, planar, tinygemm
 
 
-LAYOUTS = {"mma": mma.for_mma, "tinygemm": tinygemm.for_tinygemm, "gemv": planar.for_gemv}
+LAYOUTS = {"mma": mma.for_mma,                                                  # fn(params, rows a step); only
+           "tinygemm": lambda params, rows: tinygemm.for_tinygemm(params),       # the mma layout's warps a tile
+           "gemv": lambda params, rows: planar.for_gemv(params)}                 # depend on the rows
 MMA_MAX_ROWS = 32
 
 
@@ -36,12 +38,6 @@ def layouts_for(rows: int, dtype: torch.dtype, device: torch.device) -> tuple[st
     return ("tinygemm",) * tiny + ("gemv",) * (rows == 1)
 
 
-def apply_layout(params: dict, name: str, rows: int) -> dict:
-    """params in the LAYOUTS entry `name`, made for decode steps of `rows` rows (the mma layout splits each
-    tile's groups among as many warps as that many rows leave room for)."""
-    return mma.for_mma(params, rows) if name == "mma" else LAYOUTS[name](params)
-
-
 def for_decode(params: dict, rows: int, dtype: torch.dtype) -> dict:
     """A new params dict with the quantised matrices in the layouts fastest for decode steps of `rows` rows
     of `dtype` activations on the params' device; float weights, and params on the CPU, unchanged."""
@@ -49,5 +45,5 @@ def for_decode(params: dict, rows: int, dtype: torch.dtype) -> dict:
     if not held:
         raise InputError("for_decode: the params hold no tensors")
     for name in layouts_for(rows, dtype, held[0].device):
-        params = apply_layout(params, name, rows)
+        params = LAYOUTS[name](params, rows)
     return params

@@ -55,7 +55,7 @@ def test_the_mma_layout_takes_its_warps_a_tile_from_the_rows_a_step(kernels):
     for group in (64, 128):
         w = quantize_int4(torch.randn(16 * 200, 256), group)                        # 200 tiles
         for rows in (2, 8, 16, 32):
-            out = decode_layout.apply_layout({"a": w}, "mma", rows)["a"]
+            out = decode_layout.LAYOUTS["mma"]({"a": w}, rows)["a"]
             assert out.words.shape[2] == 128 * mma.chains_for(w.shape[0], rows, group)
     assert mma.chains_for(16 * 200, 32) == mma.chains_for(16 * 200, 16) // 2 == 4
     assert mma.chains_for(16 * 200, 16, 64) == mma.chains_for(16 * 200, 8, 64) // 2 == 4

@@ -1,7 +1,9 @@
 """An int4 weight in the tensor-core GEMV's layout (llamafn.quant.mma) back to its float matrix in one
 Triton launch, for the steps that multiply it by more rows than the GEMV takes (a prefill): the words
-are read once, in order, and each program writes a whole block of the output (16 rows by 64 columns a
-chain), so the scattered 2-byte stores meet in L2.
+are read once, in order, and each thread stores its word's 4 adjacent columns of each of its 2 rows as one
+vector (8 scattered 2-byte stores a word took 3.4-4.1x as long: 0.22-0.27 of the copy rate against
+0.91-0.93 at the 7B shapes on an H100, e.g. wqkv 180.9 against 45.3 us; probes/mma_dequant_vec.py on the
+branch next-session-probes).
 
 The reference is `quant.dequantize` (llamafn.quant.mma.to_natural, then the natural weight's formula):
 a dozen permutes, packs and unpacks over the whole matrix in torch, which inductor also has to compile
@@ -34,14 +36,15 @@ if triton is not None:
         group = w * GPC + gi                                                      # (E,) past G: the last chains' padding
         real = group < G
         rec = tl.load(r_ptr + (p * G + tl.minimum(group, G - 1)) * 8 + g, mask=real, other=0)   # (E,) int64
-        first = group * (16 * S) + t * (4 * S) + s * 4                           # (E,) column of pair 0, half 0
-        for b in tl.static_range(8):
-            h, pair, half = b % 2, (b // 2) % 2, b // 4
-            q = ((words >> (4 * b)) & 0xF).to(tl.float32)
-            value = (q + 128.0 + bf16_at(rec, 32 + 16 * h)) * bf16_at(rec, 16 * h)      # (q - z) scale
-            row = p * 16 + 8 * h + g
-            tl.store(out_ptr + row.to(tl.int64) * stride_on + first + 2 * pair + half,
-                     value.to(out_ptr.dtype.element_ty), mask=real)
+        first = tl.multiple_of(group * (16 * S) + t * (4 * S) + s * 4, 4)       # (E,) column of pair 0, half 0
+        c = tl.arange(0, 4)                                                       # column first + c: pair c // 2, half c % 2
+        for h in tl.static_range(2):
+            shift = 4 * ((c % 2) * 4 + (c // 2) * 2 + h)                          # (4,) nibble b = 4 half + 2 pair + h
+            q = ((words[:, None] >> shift[None, :]) & 0xF).to(tl.float32)         # (E, 4)
+            value = (q + 128.0 + bf16_at(rec, 32 + 16 * h)[:, None]) * bf16_at(rec, 16 * h)[:, None]   # (q - z) scale
+            row = p * 16 + 8 * h + g                                              # (E,)
+            tl.store(out_ptr + row.to(tl.int64)[:, None] * stride_on + first[:, None] + c[None, :],
+                     value.to(out_ptr.dtype.element_ty), mask=real[:, None])
 
 
 def mma_dequantize_launch(words: torch.Tensor, records: torch.Tensor, group_size: int,

@@ -7,7 +7,7 @@ barriers, shared-memory operations and spills (local memory). The GEMV was shape
 GPU time was spent: the kernel it replaced had 12-20 barriers an iteration and 11.5 instructions a weight.
 
     python scripts/sass_mix.py --kernel int4 --group 128 [--rows 1]
-    python scripts/sass_mix.py --kernel int4-mma --group 128 [--tiles 2]
+    python scripts/sass_mix.py --kernel int4-mma --group 128 [--tiles 2] [--chunks 2]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ ARGS = {
     "int4": ["x_ptr:*i32", "q_ptr:*i32", "s_ptr:*bf16", "z_ptr:*u8", "out_ptr:*bf16", "N:i32", "G:i32",
              "stride_xm:i32", "stride_qn:i32", "stride_sn:i32", "stride_om:i32"],
     "int4-mma": ["x_ptr:*i64", "w_ptr:*i32", "r_ptr:*i64", "out_ptr:*bf16", "M:i32", "G:i32", "GPC:i32",
-                 "stride_xm:i32", "stride_om:i32", "CHUNKS:i32"],
+                 "stride_xm:i32", "stride_om:i32", "PER_TILE:i32"],
 }
 MULTIPLES_OF_16 = {"x_ptr", "q_ptr", "s_ptr", "z_ptr", "out_ptr", "N", "KW", "stride_xm", "stride_qn", "stride_om", "magic",
                    "w_ptr", "r_ptr"}
@@ -68,12 +68,12 @@ def loop_opcodes(sass: str) -> Counter:
     return Counter()
 
 
-def mma_mix(group: int, tiles: int) -> int:
+def mma_mix(group: int, tiles: int, chunks: int) -> int:
     """The tensor-core int4 GEMV's loop at every count of warps a tile: a thread takes 8 weights a word, 4
-    words a step, group / 64 steps a loop, for each of `tiles` tiles."""
+    words a step, group / 64 steps a loop, for each of `tiles` tiles (each word against `chunks` chunks of x)."""
     for chains in mma.CHAINS:
         compiled = compile_sm90(int4_mma.int4_mma_kernel, ARGS["int4-mma"],
-                                {"NW": chains, "S": group // 16, "TILES": tiles, "ASM": True}, chains)
+                                {"NW": chains, "S": group // 16, "TILES": tiles, "CHUNKS": chunks, "ASM": True}, chains)
         sass = disassemble(compiled.asm["cubin"])
         ops = loop_opcodes(sass)
         total, weights = sum(ops.values()), 8 * 4 * group // 64 * tiles
@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group", type=int, default=128, help="int4 group size")
     ap.add_argument("--rows", type=int, help="only the configs with this many rows a program (BLOCK_N)")
     ap.add_argument("--tiles", type=int, default=1, help="int4-mma: tiles a program (2 needs group 128)")
+    ap.add_argument("--chunks", type=int, default=1, help="int4-mma: chunks of 8 rows of x a program (2 needs group 128)")
     args = ap.parse_args(argv)
     if args.kernel == "int4-mma":
-        return mma_mix(args.group, args.tiles)
+        return mma_mix(args.group, args.tiles, args.chunks)
     kernel = quant_gemv.int8_gemv_kernel if args.kernel == "int8" else quant_gemv.int4_gemv_kernel
     for config in quant_gemv.gemv_configs(args.kernel, args.group):
         if args.rows is not None and config.kwargs["BLOCK_N"] != args.rows:

@@ -90,10 +90,10 @@ def test_convert_quantize_then_generate(tmp_path, capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the decode layouts are picked on a GPU")
 @pytest.mark.parametrize("flags", [[], ["--beams", "4"], ["--speculative", "lookup", "--k", "3"],
-                                   ["--speculative", "lookup", "--k", "8"], ["--beams", "33"]])
+                                   ["--speculative", "lookup", "--k", "8"], ["--beams", "33"], ["--beams", "65"]])
 def test_int4_generation_on_a_gpu_runs_in_the_layouts_for_its_rows(flags, capsys):
-    """1 row a step (the group-plane GEMV), 4 and 4 (the tensor-core mma GEMV), 9 (the mma GEMV, two tiles a
-    program), 33 (the Triton tile)."""
+    """1 row a step (the group-plane GEMV), 4 and 4 (the tensor-core mma GEMV), 9 and 33 (the mma GEMV, two
+    tiles and two chunks of x a program), 65 (the Triton tile)."""
     extra = [] if "--beams" in flags else ["--temperature", "0"]
     assert main(["generate", "--quantize", "int4", "--device", "cuda", "--max-new-tokens", "12", *extra, *flags,
                  "def f(x):"]) == 0

@@ -118,18 +118,23 @@ def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
 
 def mma_paths(x: torch.Tensor, copies: list) -> dict:
     """The tensor-core int4 GEMV (llamafn.kernels.int4_mma) at every count of warps a tile, where it fits;
-    past 8 rows (two tiles a program) also with one tile a program."""
+    past 8 rows (two tiles and two chunks of x a program) also with one chunk a program, and with one tile
+    and one chunk."""
     w = copies[0]
     if x.dtype != torch.bfloat16 or not mma.fits(*w.shape, w.group_size):
         return {}
     paths = {}
+    M, tiles, group = x.shape[0], w.shape[0] // 16, w.group_size
+    smaller = {"one chunk a program": (int4_mma.tiles_a_program(M, tiles, group), 1), "one tile, one chunk": (1, 1)}
     for chains in mma.CHAINS:
         prepared = [mma.to_mma(c, chains) for c in copies]
         paths[f"triton mma, {chains} warps a tile"] = (
             lambda x, w: torch.ops.llamafn.int4_mma(x, w.words, w.records, w.group_size), prepared)
-        if int4_mma.tiles_a_program(x.shape[0], w.shape[0] // 16, w.group_size) == 2:
-            paths[f"triton mma, {chains} warps a tile, one tile a program"] = (
-                lambda x, w: int4_mma.int4_mma_launch(x, w.words, w.records, w.group_size, 1), prepared)
+        if int4_mma.chunks_a_program(M, group) == 2:
+            for label, (t, c) in smaller.items():
+                paths[f"triton mma, {chains} warps a tile, {label}"] = (
+                    lambda x, w, t=t, c=c: int4_mma.int4_mma_launch(x, w.words, w.records, w.group_size, t, c),
+                    prepared)
     return paths
 
 

@@ -3,12 +3,13 @@
 verification), as measured on an H100 at Llama-2-7B shapes (benchmarks/results/quant-*.json):
 
 - one bf16 row: the GEMVs' plane orders (llamafn.quant.planar), int8 and int4;
-- 2-32 bf16 rows: int4 in the tensor-core GEMV's layout (llamafn.quant.mma): at 8 rows a layer's four
+- 2-64 bf16 rows: int4 in the tensor-core GEMV's layout (llamafn.quant.mma): at 8 rows a layer's four
   matrices take 60.2 us, 1.09x its one-row time, against 139.2 for tinygemm and 143.5 for the Triton dot
-  kernel; at 16 rows 78.9 us against 137.3, at 32 rows 121.5 against 174.0; int8 stays as stored;
+  kernel; at 16 rows 76.6 us against 137.3, at 32 rows 101.9 against 170.6, at 48 rows 144.2 against 288.4
+  and at 64 rows 176.9 against 290.2 (each layer at its fastest warps a tile); int8 stays as stored;
 - up to FASTER_UP_TO_ROWS rows of other float dtypes: int4 in tinygemm's layout (llamafn.quant.tinygemm);
 - anything else (more rows, the CPU): as stored (the Triton dot kernels up to 64 rows, then a dequantised
-  cuBLAS matmul).
+  cuBLAS matmul); the mma layout past 64 rows is dequantised by one Triton launch for cuBLAS.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from . import mma, planar, tinygemm
 LAYOUTS = {"mma": mma.for_mma,                                                  # fn(params, rows a step); only
            "tinygemm": lambda params, rows: tinygemm.for_tinygemm(params),       # the mma layout's warps a tile
            "gemv": lambda params, rows: planar.for_gemv(params)}                 # depend on the rows
-MMA_MAX_ROWS = 32
+MMA_MAX_ROWS = 64
 
 
 def layouts_for(rows: int, dtype: torch.dtype, device: torch.device) -> tuple[str, ...]:

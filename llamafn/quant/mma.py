@@ -39,11 +39,14 @@ def available(device: torch.device, chains: int = 8) -> bool:
 
 def chains_for(n: int, rows: int = 1, group_size: int = 128) -> int:
     """Warps a tile for an n-row weight in groups of group_size multiplying `rows` rows of x: the most of
-    CHAINS that keeps the launch's warps (programs x chains; a program for each 8 rows of x and each one or
-    two tiles, `int4_mma.tiles_a_program`) within WARPS_IN_FLIGHT. On an H100 at 7B shapes
-    (benchmarks/results/quant-nvidia-h100-80gb-hbm3.json) this picks the fastest count, or one within 10%,
-    for every layer: at 1-8 rows 4 for wqkv (768 tiles), 8 for wo and w2 (256), 2 for w13 (1376), on two
-    leases; at 16 rows (two tiles a program) the same, and at 32 rows 2, 4, 1 and 4 (the 37th invocation)."""
+    CHAINS that keeps the launch's warps within WARPS_IN_FLIGHT, counting a warp for each chunk of 8 rows of x
+    and each one or two tiles (`int4_mma.tiles_a_program`), whether a program takes one chunk or two
+    (`int4_mma.chunks_a_program`: two chunks make each word a fragment once for both, a mma each). On an
+    H100 at 7B shapes (benchmarks/results/quant-nvidia-h100-80gb-hbm3.json) this picks the fastest count, or
+    one within 10%, for every layer but one: at 1-8 rows 4 for wqkv (768 tiles), 8 for wo and w2 (256), 2
+    for w13 (1376), on two leases; with two chunks a program (the 41st invocation) at 16 rows the same
+    (wo: 12.7 us against 11.1 at 4), at 32 rows 2, 4, 1 and 4, at 48 rows 1, 4, 1 and 4, at 64 rows 1, 2, 1
+    and 2."""
     tiles = n // 16
     programs = tiles // int4_mma.tiles_a_program(rows, tiles, group_size) * -(-rows // int4_mma.ROWS_A_PROGRAM)
     chains = max(CHAINS)

@@ -27,14 +27,16 @@ def int4_weight(g: torch.Generator, n: int, k: int, group: int) -> Int4Weight:
                       (torch.rand(n, G, generator=g) + 0.1).bfloat16(), zero.to(torch.uint8))
 
 
-@given(seeds(), st.integers(1, 20), st.integers(1, 2), st.sampled_from(GROUP_SIZES),
-       st.sampled_from(CHAINS), st.integers(1, 5), st.booleans())
-@example(seed=0, m=12, tiles=2, group=128, chains=2, groups=3, pair=True)      # two tiles a program, two chunks
-def test_int4_mma_matches_the_dequantised_product(seed, m, tiles, group, chains, groups, pair):
-    """1-20 rows of x (8 a program, every column of the mma's B, a last program's unused ones masked), 1-2
+@given(seeds(), st.integers(1, 40), st.integers(1, 2), st.sampled_from(GROUP_SIZES),
+       st.sampled_from(CHAINS), st.integers(1, 5), st.booleans(), st.booleans())
+@example(seed=0, m=12, tiles=2, group=128, chains=2, groups=3, pair=True, chunk_pair=False)  # two tiles a program
+@example(seed=1, m=37, tiles=2, group=128, chains=4, groups=3, pair=True, chunk_pair=True)   # and two chunks
+@example(seed=2, m=20, tiles=1, group=128, chains=1, groups=2, pair=False, chunk_pair=True)  # an empty chunk b
+def test_int4_mma_matches_the_dequantised_product(seed, m, tiles, group, chains, groups, pair, chunk_pair):
+    """1-40 rows of x (8 a chunk, every column of the mma's B, a last chunk's unused ones masked), 1-2
     tiles of 16 rows, every group size (on a GPU group 128 takes the prefetching loop; the interpreter's
     twin has one loop), 1-8 chains a tile over 1-5 groups (the last chains' missing groups masked); at
-    group 128 with two tiles, both tiles in one program or one each."""
+    group 128 with two tiles, both tiles in one program or one each, and one or two chunks a program."""
     g = torch.Generator().manual_seed(seed)
     n, k = 16 * tiles, group * groups
     w = int4_weight(g, n, k, group)
@@ -44,7 +46,8 @@ def test_int4_mma_matches_the_dequantised_product(seed, m, tiles, group, chains,
     assert m4.words.dtype == torch.int32 and m4.shape == (n, k) and m4.group_size == group
     assert m4.records.shape == (tiles, k // group, 8) and m4.records.dtype == torch.int64
     a_program = 2 if pair and tiles == 2 and group == 128 else 1
-    out = int4_mma.int4_mma_launch(x.to(DEVICE), m4.words, m4.records, group, a_program)
+    chunks = 2 if chunk_pair and group == 128 else 1
+    out = int4_mma.int4_mma_launch(x.to(DEVICE), m4.words, m4.records, group, a_program, chunks)
     check(out, x.to(DEVICE), Int4Weight(*(f.to(DEVICE) for f in w)))
 
 
@@ -54,12 +57,20 @@ def test_two_tiles_a_program_where_x_is_reread_and_the_tiles_pair_up():
     assert int4_mma.tiles_a_program(16, 255, 128) == 1 and int4_mma.tiles_a_program(16, 256, 64) == 1
 
 
-@pytest.mark.parametrize("tiles, group, message", [(3, 128, "got 3 for 2 tiles"), (2, 64, "got 2 for 2 tiles in groups of 64")])
-def test_the_kernel_refuses_tiles_a_program_it_cannot_run(tiles, group, message):
+def test_two_chunks_of_x_a_program_past_8_rows_at_group_128():
+    assert int4_mma.chunks_a_program(9, 128) == int4_mma.chunks_a_program(64, 128) == 2
+    assert int4_mma.chunks_a_program(8, 128) == 1 and int4_mma.chunks_a_program(16, 64) == 1
+    assert [int4_mma.programs_a_tile(m, 2) for m in (1, 16, 17, 64)] == [1, 1, 2, 4]
+
+
+@pytest.mark.parametrize("tiles, chunks, group, message", [
+    (3, 1, 128, "got 3 for 2 tiles"), (2, 1, 64, "got 2 for 2 tiles in groups of 64"),
+    (1, 3, 128, "two for group 128; got 3"), (1, 2, 64, "got 2 in groups of 64")])
+def test_the_kernel_refuses_programs_it_cannot_run(tiles, chunks, group, message):
     w = to_mma(Int4Weight(pack_int4(torch.zeros(32, 256, dtype=torch.int64)), torch.ones(32, 256 // group).bfloat16(),
                           torch.zeros(32, 256 // group, dtype=torch.uint8)), 1)
     with pytest.raises(InputError, match=message):
-        int4_mma.int4_mma_launch(torch.zeros(1, 256).bfloat16(), w.words, w.records, group, tiles)
+        int4_mma.int4_mma_launch(torch.zeros(1, 256).bfloat16(), w.words, w.records, group, tiles, chunks)
 
 
 def test_the_kernel_refuses_rows_that_are_not_bf16():

@@ -22,8 +22,8 @@ def kernels(monkeypatch):
 @pytest.mark.parametrize("rows, dtype, layouts", [
     (1, torch.bfloat16, ("gemv",)),                       # batch-1 decode: the plane-order GEMVs
     (2, torch.bfloat16, ("mma",)), (5, torch.bfloat16, ("mma",)), (8, torch.bfloat16, ("mma",)),
-    (9, torch.bfloat16, ("mma",)), (32, torch.bfloat16, ("mma",)),   # 2-4 programs a pair of tiles
-    (33, torch.bfloat16, ()),                             # past 32 rows: the Triton dot kernels
+    (9, torch.bfloat16, ("mma",)), (64, torch.bfloat16, ("mma",)),   # 1-4 programs a pair of tiles
+    (65, torch.bfloat16, ()),                             # past 64 rows: dequantised for cuBLAS
     (1, torch.float16, ("tinygemm", "gemv")), (4, torch.float16, ("tinygemm",)), (5, torch.float16, ()),
 ])
 def test_rows_a_step_pick_the_measured_fastest_layouts(kernels, rows, dtype, layouts):

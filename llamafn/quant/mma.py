@@ -1,5 +1,5 @@
 """The tensor-core int4 GEMV's layout (llamafn.kernels.int4_mma) as a run-time layout of int4 weights,
-`Int4MmaWeight`, for decode steps of two to thirty-two bf16 rows.
+`Int4MmaWeight`, for decode steps of two to sixty-four bf16 rows.
 
 Rows go in tiles of 16 (one mma's A operand) and each tile's groups are split among `chains` warps, each
 ceil(groups / chains) of them (the last warp's missing groups are zero words the kernel masks). Word e

@@ -7,7 +7,7 @@ HBM) tinygemm beat the Triton GEMV at one row of activations, 16.1 / 6.8 / 26.2 
 layer (16.4 / 7.0 / 27.1 / 15.4 and 22.0 / 8.7 / 35.8 / 20.1 us against 27.6 / 17.6 / 44.2 / 52.7),
 and lost on wqkv and w13 at eight (35.2 against 27.9 us, 59.4 against 44.7). So `for_tinygemm` is a
 params transform for decode of up to FASTER_UP_TO_ROWS rows a step on a GPU; since the tensor-core
-GEMV (llamafn.quant.mma) beat it at 2-32 bf16 rows, `quant.for_decode` picks it only for activations
+GEMV (llamafn.quant.mma) beat it at 2-64 bf16 rows, `quant.for_decode` picks it only for activations
 other than bf16. The compiled 7B step (batch 1, triton kernel set) ran at 381.0 tok/s with it against
 285.5 with the exponent-trick Triton GEMV, in one run on one H100; the packed-bf16 GEMV that replaced
 that kernel beat it at one row (424.5 against 390.9 tok/s, llamafn.quant.planar).

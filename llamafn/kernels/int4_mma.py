@@ -13,9 +13,10 @@ at group 128 (`python scripts/sass_mix.py --kernel int4-mma`) against 3.6-3.7 fo
 CUDA-core GEMV (llamafn.kernels.quant_gemv), which is bound by instruction issue.
 
 A program is one 16-row tile of the weight (or two, past 8 rows) times 8 rows of x (or 16, past 8 rows);
-its NW warps (chains) split the groups of K between them, ceil(G / NW) each (loads past the last group masked), and add their partial sums at the end. At group 128
-a warp loads group i + 1 before it multiplies group i (in the SASS ptxas places those loads after the
-group's HMMAs, so two groups of loads are in flight); the other group sizes load a group, then multiply it.
+its NW warps (chains) split the groups of K between them, ceil(G / NW) each (loads past the last group
+masked), and add their partial sums at the end. At group 128 a warp loads group i + 1 before it
+multiplies group i (in the SASS ptxas places those loads after the group's HMMAs, so two groups of loads
+are in flight); the other group sizes load a group, then multiply it.
 
 Element e of the program's (NW * 128,) tensors is register e % 4 of lane (e // 4) % 32 of warp e // 128:
 Triton's layout for a contiguous 1-D int32 load read 16 bytes a thread, which the words' order assumes

@@ -37,7 +37,7 @@ if triton is not None:
         real = group < G
         rec = tl.load(r_ptr + (p * G + tl.minimum(group, G - 1)) * 8 + g, mask=real, other=0)   # (E,) int64
         first = tl.multiple_of(group * (16 * S) + t * (4 * S) + s * 4, 4)       # (E,) column of pair 0, half 0
-        c = tl.arange(0, 4)                                                       # column first + c: pair c // 2, half c % 2
+        c = tl.arange(0, 4)                                  # (4,) column first + c: pair c // 2, half c % 2
         for h in tl.static_range(2):
             shift = 4 * ((c % 2) * 4 + (c // 2) * 2 + h)                          # (4,) nibble b = 4 half + 2 pair + h
             q = ((words[:, None] >> shift[None, :]) & 0xF).to(tl.float32)         # (E, 4)

@@ -119,13 +119,14 @@ def kernel_paths(s: str, x: torch.Tensor, copies: list) -> dict:
 def mma_paths(x: torch.Tensor, copies: list) -> dict:
     """The tensor-core int4 GEMV (llamafn.kernels.int4_mma) at every count of warps a tile, where it fits;
     past 8 rows (two tiles and two chunks of x a program) also with one chunk a program, and with one tile
-    and one chunk."""
+    and one or two chunks."""
     w = copies[0]
     if x.dtype != torch.bfloat16 or not mma.fits(*w.shape, w.group_size):
         return {}
     paths = {}
     M, tiles, group = x.shape[0], w.shape[0] // 16, w.group_size
-    smaller = {"one chunk a program": (int4_mma.tiles_a_program(M, tiles, group), 1), "one tile, one chunk": (1, 1)}
+    smaller = {"one chunk a program": (int4_mma.tiles_a_program(M, tiles, group), 1), "one tile, one chunk": (1, 1),
+               "one tile, two chunks": (1, 2)}
     for chains in mma.CHAINS:
         prepared = [mma.to_mma(c, chains) for c in copies]
         paths[f"triton mma, {chains} warps a tile"] = (

@@ -8,7 +8,8 @@ four at 512 positions, where the bytes alone take 0.1-0.4 ms. Here each program 
 one (tensor, row, head)'s positions, reading the tensors' base addresses from a table on the device,
 in the widest words (up to 8 bytes) that the sizes, strides and addresses allow. Measured on an H100
 (bf16 7B cache, 512 positions): 0.40 / 0.79 / 1.55 ms for 2 / 4 / 8 beams, 2.7-2.8 TB/s, against 1.36 /
-2.06 / 2.16 for the index_select loop; at 4096 positions it runs at a clone's rate.
+2.06 / 2.16 for the index_select loop; at 4096 positions it runs at a clone's rate. A later run (the
+int4 verify JSON) took 0.82 / 0.83 / 1.57 ms: at 2 beams the host's launch work moves between runs.
 """
 
 from __future__ import annotations

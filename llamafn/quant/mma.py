@@ -48,7 +48,7 @@ def chains_for(n: int, rows: int = 1, group_size: int = 128) -> int:
     (wo: 12.7 us against 11.1 at 4), at 32 rows 2, 4, 1 and 4, at 48 rows 1, 4, 1 and 4, at 64 rows 1, 2, 1
     and 2."""
     tiles = n // 16
-    programs = tiles // int4_mma.tiles_a_program(rows, tiles, group_size) * -(-rows // int4_mma.ROWS_A_PROGRAM)
+    programs = tiles // int4_mma.tiles_a_program(rows, tiles, group_size) * int4_mma.programs_a_tile(rows, 1)
     chains = max(CHAINS)
     while chains > 1 and programs * chains > WARPS_IN_FLIGHT:
         chains //= 2

@@ -29,14 +29,15 @@ the rest is fp32. The interpreter cannot run PTX, so under `TRITON_INTERPRET=1` 
 same sums in fp32 (ASM=False); the PTX runs in the GPU tests.
 
 What holds the int4 kernel at 61-73% of the copy rate (7B shapes, H100; benchmarks/results, quant
-invocations 48-55): not its arithmetic. A kernel with the same tiles and loads but one add a word reads
+invocations 48-56): not its arithmetic. A kernel with the same tiles and loads but one add a word reads
 the weights alone at 80-89% (wqkv 10.5 us against 13.2 for this kernel), and adding x's loads costs it
 2-3 us a call whether x serves 1 or 4 rows. Tried and no faster: x loaded once per persistent program and
 held in registers over its row blocks (wqkv 13.6 against 13.7 us, w2 16.0 against 12.4); those loops
 pipelined through cp.async (14.4 at best); int8 activations with two dp4a a word (W4A8, 1.3-2.4
 instructions a weight in the loop, wqkv 17.0 us, twice the error); cache hints on either load (H200,
-within 3%); x read from 4-64 replicas, against a hot spot in L2 (2-5% at best). One-warp programs ran
-wqkv, w13 and w2 3-7% faster alone but the compiled step 0.2% (invocations 52-54).
+within 3%); x read from 4-64 replicas, against a hot spot in L2 (2-5% at best); registers capped for more
+resident programs (maxnreg 32/40: spills). One-warp programs ran wqkv, w13 and w2 3-7% faster alone but
+the compiled step 0.2% (invocations 52-54).
 
 Inside the custom op the layouts of x are torch ops, so inductor fuses them into the producer of x (the
 RMSNorm or the SwiGLU) where that is its own kernel. On a GPU each kernel is autotuned per shape; under

@@ -2,8 +2,8 @@
 Triton launch, for the steps that multiply it by more rows than the GEMV takes (a prefill): the words
 are read once, in order, and each thread stores its word's 4 adjacent columns of each of its 2 rows as one
 vector (8 scattered 2-byte stores a word took 3.4-4.1x as long: 0.22-0.27 of the copy rate against
-0.91-0.93 at the 7B shapes on an H100, e.g. wqkv 180.9 against 45.3 us; probes/mma_dequant_vec.py on the
-branch next-session-probes).
+0.91-0.93 at the 7B shapes on an H100, e.g. wqkv 180.9 against 45.3 us, measured by a probe script that
+was not kept).
 
 The reference is `quant.dequantize` (llamafn.quant.mma.to_natural, then the natural weight's formula):
 a dozen permutes, packs and unpacks over the whole matrix in torch, which inductor also has to compile

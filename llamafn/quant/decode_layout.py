@@ -19,12 +19,12 @@ import torch
 from ..errors import InputError
 from ..params import tensors
 from . import mma, planar, tinygemm
+from .linear import KERNEL_MAX_ROWS
 
-
-LAYOUTS = {"mma": mma.for_mma,                                                  # fn(params, rows a step); only
-           "tinygemm": lambda params, rows: tinygemm.for_tinygemm(params),       # the mma layout's warps a tile
-           "gemv": lambda params, rows: planar.for_gemv(params)}                 # depend on the rows
-MMA_MAX_ROWS = 64
+# Each layout as fn(params, rows a step); only the mma layout's warps a tile depend on the rows.
+LAYOUTS = {"mma": mma.for_mma,
+           "tinygemm": lambda params, rows: tinygemm.for_tinygemm(params),
+           "gemv": lambda params, rows: planar.for_gemv(params)}
 
 
 def layouts_for(rows: int, dtype: torch.dtype, device: torch.device) -> tuple[str, ...]:
@@ -33,7 +33,7 @@ def layouts_for(rows: int, dtype: torch.dtype, device: torch.device) -> tuple[st
         raise InputError(f"for_decode: rows a step must be an int >= 1, got {rows!r}")
     if device.type != "cuda":
         return ()
-    if dtype == torch.bfloat16 and 2 <= rows <= MMA_MAX_ROWS and mma.available(device):
+    if dtype == torch.bfloat16 and 2 <= rows <= KERNEL_MAX_ROWS and mma.available(device):
         return ("mma",)
     tiny = rows <= tinygemm.FASTER_UP_TO_ROWS and tinygemm.available(device) and not (rows == 1 and dtype == torch.bfloat16)
     return ("tinygemm",) * tiny + ("gemv",) * (rows == 1)

@@ -10,7 +10,7 @@ weight's type, so every layer works unchanged on float and on quantised params.
 - `Int4TinyGemmWeight` (llamafn.quant.tinygemm, batch-1 decode on a GPU): PyTorch's tinygemm kernel, at
   any row count;
 - `Int4MmaWeight` (llamafn.quant.mma) on a GPU, up to `KERNEL_MAX_ROWS` bf16 rows: the tensor-core int4
-  GEMV (llamafn.kernels.int4_mma), 8 rows a program; more rows, or other dtypes: the layout dequantised
+  GEMV (llamafn.kernels.int4_mma), 8 or 16 rows a program; more rows, or other dtypes: the layout dequantised
   by one Triton launch (llamafn.kernels.mma_dequant), then `F.linear`;
 - otherwise (the CPU, or prefill's many rows, where the product is compute-bound and one dequantise
   pass is small next to it): dequantise to the activations' dtype and `F.linear` (cuBLAS).

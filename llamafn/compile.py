@@ -1,11 +1,13 @@
 """The one place torch.compile is applied (DESIGN.md, convention 6): drivers and benchmarks ask here
 for compiled versions of the pure step functions, never decorate them.
 
-Decode steps use mode="reduce-overhead" (inductor kernels replayed as one CUDA graph per shape); for
-that to be both correct and cheap, every tensor that lives across steps (the weights, the KV cache)
-is marked as a static address, so the graph reads and writes it in place instead of copying it in
-and out on every replay. Prefill is compiled once per prompt-length bucket (`bucket`), so a new
-prompt length does not recompile unless it crosses into a new bucket.
+Decode steps and prefill use mode="reduce-overhead" (inductor kernels replayed as one CUDA graph per
+shape; the kernels of llamafn's custom ops are launched from Python, so a graph is what keeps their
+launches cheap); for that to be both correct and cheap, every tensor that lives across steps (the
+weights, the KV cache) is marked as a static address, so the graph reads and writes it in place
+instead of copying it in and out on every replay, and a caller copies what it keeps of a graph's
+outputs (`decode.sample.own`) before the next replay. Prefill is compiled once per prompt-length
+bucket (`bucket`), so a new prompt length does not recompile unless it crosses into a new bucket.
 """
 
 from __future__ import annotations

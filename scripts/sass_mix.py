@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for config in quant_gemv.gemv_configs(args.kernel, args.group):
         if args.rows is not None and config.kwargs["BLOCK_N"] != args.rows:
             continue
-        constexprs = dict(config.kwargs) | ({"GROUP": args.group} if args.kernel == "int4" else {})
+        constexprs = dict(config.kwargs, PDL=False) | ({"GROUP": args.group} if args.kernel == "int4" else {})
         compiled = compile_sm90(kernel, ARGS[args.kernel], constexprs, config.num_warps)
         sass = disassemble(compiled.asm["cubin"])
         ops = loop_opcodes(sass)

@@ -69,11 +69,13 @@ def compiled_decode(params: Params, cfg: ModelConfig, batch: int, prompt_len: in
     sp = sampling_params(batch, device=device)
     ones = torch.ones(batch, cfg.vocab_size, device=device)
     stops = torch.empty(0, dtype=torch.long, device=device)
-    prefill, step = compiled(sample.prefill), compiled(sample.step, mode="reduce-overhead")
+    prefill, step = compiled(sample.prefill, mode="reduce-overhead"), compiled(sample.step, mode="reduce-overhead")
     kw = dict(cfg=cfg, attention=attention, all_greedy=True)
 
     def run_prefill():
-        return prefill(params, tokens, lengths, kv.reset(cache), sp, ones, stops, **kw)
+        torch.compiler.cudagraph_mark_step_begin()
+        state = sample.own(prefill(params, tokens, lengths, kv.reset(cache), sp, ones, stops, **kw)[1])
+        return state.last, state
 
     def run(n_steps: int):
         _, state = run_prefill()
@@ -174,10 +176,11 @@ def profile_step(params: Params, cfg: ModelConfig, attention: str) -> list[dict]
     mark_static(kv.tensors(cache))
     sp, ones = sampling_params(1, device=device), torch.ones(1, cfg.vocab_size, device=device)
     stops = torch.empty(0, dtype=torch.long, device=device)
-    prefill, step = compiled(sample.prefill), compiled(sample.step, mode="reduce-overhead")
+    prefill, step = compiled(sample.prefill, mode="reduce-overhead"), compiled(sample.step, mode="reduce-overhead")
     kw = dict(cfg=cfg, attention=attention, all_greedy=True)
-    _, state = prefill(params, torch.ones(1, 16, dtype=torch.long, device=device), torch.tensor([5], device=device),
-                       cache, sp, ones, stops, **kw)
+    torch.compiler.cudagraph_mark_step_begin()
+    state = sample.own(prefill(params, torch.ones(1, 16, dtype=torch.long, device=device),
+                               torch.tensor([5], device=device), cache, sp, ones, stops, **kw)[1])
     for _ in range(3):
         torch.compiler.cudagraph_mark_step_begin()
         state = sample.own(step(params, state, sp, ones, stops, **kw)[1])

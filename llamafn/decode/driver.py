@@ -95,7 +95,7 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
     prefill, step = sample.prefill, sample.step
     if compile:
         mark_static([*tensors(params), *kv.tensors(cache)])
-        prefill, step = compiled(sample.prefill), compiled(sample.step, mode="reduce-overhead")
+        prefill, step = compiled(sample.prefill, mode="reduce-overhead"), compiled(sample.step, mode="reduce-overhead")
 
     def noise() -> torch.Tensor:
         return ones if all_greedy else draw_noise((B, cfg.vocab_size), generator, device)
@@ -115,8 +115,13 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
                 raise InputError(f"row {row}: no token satisfies the constraints (they cannot be met)")
         return allowed.to(device)
 
+    if compile:
+        torch.compiler.cudagraph_mark_step_begin()
     tok, state = prefill(params, tokens, prompt_lengths, cache, sp, noise(), stops,
                          cfg=cfg, attention=attention, all_greedy=all_greedy, mask=mask())
+    if compile:
+        state = sample.own(state)
+        tok = state.last
     pending = [tok]
     for n in range(1, max_new_tokens + 1):
         if len(pending) == sync_every or n == max_new_tokens:

@@ -16,8 +16,8 @@ head h to KV head h // (H / Hkv) without repeating K/V.
 Decode (a few query rows a KV head, at most DECODE_MAX_ROWS) is split along the keys instead
 (llamafn.kernels.flash_decode).
 
-Scores are cast to fp32 after the scale: under inductor the Python-float scale can arrive as fp64,
-which would turn the loop-carried softmax statistics into fp64. float32 inputs use IEEE products
+Scores are cast to fp32 after the scale, so that the loop-carried softmax statistics stay fp32 whatever
+type a launcher gives the Python-float scale (inductor, which once launched these kernels, gave fp64). float32 inputs use IEEE products
 (`runtime.dot`), not TF32.
 
 Head dims up to 256 (padded to a power of two >= 16). Prefill and decode are one custom op
@@ -37,7 +37,7 @@ from ..errors import InputError
 from ..quant.formats import Int8Weight, dequantize
 from .flash_decode import block_d, flash_decode_launch
 from .registry import register
-from .runtime import INTERPRET, launcher, require_triton, triton
+from .runtime import INTERPRET, kernel_op, launcher, require_triton, triton
 
 if triton is not None:
     import triton.language as tl
@@ -174,7 +174,7 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
 
 
 if triton is not None:
-    @torch.library.triton_op("llamafn::flash_attention", mutates_args=())
+    @kernel_op("llamafn::flash_attention", mutates_args=())
     def flash_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None,
                            k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
         """The "triton" attention backend on a GPU (prefill and decode, float or int8 K/V), as one op

@@ -17,12 +17,12 @@ import math
 import torch
 
 from ..errors import InputError
-from .runtime import INTERPRET, launcher, sm_count, triton
+from .runtime import INTERPRET, launcher, pdl, sm_count, triton
 
 if triton is not None:
     import triton.language as tl
 
-    from .runtime import dot
+    from .runtime import await_producers, dot, release_dependents
 
     @triton.jit
     def attend_tile(q, K, V, KS, VS, k_at, v_at, ks_at, vs_at, skt, svt, rn, rd, pos, hi, D, qk_scale, m_i, l_i, acc,
@@ -71,11 +71,13 @@ if triton is not None:
     def flash_decode_kernel(Q, K, V, KS, VS, POS, PART_O, PART_ML, O, qk_scale, S, T, Hkv, GROUP, D, CHUNK,
                             sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sksb, sksh, svsb, svsh, spb, sob, soh, sot,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                            QUANT: tl.constexpr, DIRECT: tl.constexpr):
+                            QUANT: tl.constexpr, DIRECT: tl.constexpr, PDL: tl.constexpr):
         """One split of the keys for every query of one KV head: rows r = (head in group) * T + t. With
         QUANT, K and V are int8 with a scale per (row, head, position) in KS / VS (llamafn.cache). DIRECT
         (a single split): the normalised output goes to O, with no partials to merge. Tiles below every
         row's position run unmasked; the rest of the split is masked."""
+        release_dependents(PDL)
+        await_producers(PDL)
         pid_bk, split = tl.program_id(0), tl.program_id(1)
         n_splits = tl.num_programs(1)
         b, hk = pid_bk // Hkv, pid_bk % Hkv
@@ -112,10 +114,12 @@ if triton is not None:
 
     @triton.jit
     def flash_decode_merge_kernel(PART_O, PART_ML, O, T, Hkv, GROUP, N_SPLITS, D, sob, soh, sot,
-                                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+                                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
         """Merge the splits' (acc, max, sum) of one query row, out = sum_i e^(m_i - m) acc_i / sum_i e^(m_i - m) l_i,
         in one pass: BLOCK_S splits' partials are loaded together and folded into running statistics (one
         round trip to memory when every split fits in one step)."""
+        release_dependents(PDL)
+        await_producers(PDL)
         pid_bk, r = tl.program_id(0), tl.program_id(1)                                # r = (head in group) * T + t
         b, hk = pid_bk // Hkv, pid_bk % Hkv
         rs = tl.arange(0, BLOCK_S)
@@ -187,7 +191,8 @@ def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: 
     no better: the last split merging after an atomic ticket (33.3 us with a serial merge; 30.2 with
     every split's partials loaded at once: the ticket's registers and fence slow every split; 39.7 at
     best merging one query row at a time, a few splits at a time: its loads wait on each other), the
-    merge as a programmatic dependent launch (griddepcontrol, no change), K and V through TMA
+    merge alone as a programmatic dependent launch (griddepcontrol, no change; both kernels are now
+    launched so, with the rest of the decode step's, runtime.pdl), K and V through TMA
     descriptors (split kernel 26.9 us at best), key tiles of 128 and other split counts (8-66 a KV
     head: 16 and 33 within noise of the default 17, 8, 24 and 66 slower)."""
     B, H, T, D = q.shape
@@ -209,11 +214,11 @@ def flash_decode_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: 
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1), pos.stride(0),
         out.stride(0), out.stride(1), out.stride(2), BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, QUANT=quant, DIRECT=direct,
-        **fixed)
+        PDL=pdl(q.device), **fixed)
     if direct:
         return out
     launcher(flash_decode_merge_kernel)[(B * Hkv, group * T)](
         part_o, part_ml, out, T, Hkv, group, n_splits, D, out.stride(0), out.stride(1), out.stride(2),
-        BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_S=min(32, triton.next_power_of_2(n_splits)),
+        BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_S=min(32, triton.next_power_of_2(n_splits)), PDL=pdl(q.device),
         **({} if INTERPRET else {"num_warps": 1}))
     return out

@@ -31,29 +31,35 @@ import torch
 from .. import cache as kv
 from ..errors import InputError
 from .registry import get, register
-from .runtime import INTERPRET, launcher, require_triton, triton
+from .runtime import INTERPRET, kernel_op, launcher, pdl, require_triton, triton
 
 if triton is not None:
     import triton.language as tl
 
+    from .runtime import await_producers, release_dependents
+
     @triton.jit
     def add_rms_norm_kernel(X, DELTA, W, Y, H, stride_x, stride_d, stride_y, stride_h, N, eps,
-                            BLOCK: tl.constexpr):
+                            BLOCK: tl.constexpr, PDL: tl.constexpr):
+        release_dependents(PDL)
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         ok = cols < N
+        w = tl.load(W + cols, mask=ok, other=0.0).to(tl.float32)
+        await_producers(PDL)
         h = (tl.load(X + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
              + tl.load(DELTA + row * stride_d + cols, mask=ok, other=0.0).to(tl.float32))   # (BLOCK,)
         h_out = h.to(H.dtype.element_ty)                                                    # the residual, rounded as x + delta is
         hf = h_out.to(tl.float32)
-        rstd = 1.0 / tl.sqrt((tl.sum(hf * hf, axis=0) / N + eps).to(tl.float32))   # eps may come in as fp64 under inductor
+        rstd = 1.0 / tl.sqrt((tl.sum(hf * hf, axis=0) / N + eps).to(tl.float32))   # fp32 whatever type eps comes in as
         normed = (hf * rstd).to(H.dtype.element_ty).to(tl.float32)                          # rms_norm casts back, then scales
-        w = tl.load(W + cols, mask=ok, other=0.0).to(tl.float32)
         tl.store(H + row * stride_h + cols, h_out, mask=ok)
         tl.store(Y + row * stride_y + cols, (normed * w).to(Y.dtype.element_ty), mask=ok)
 
     @triton.jit
-    def swiglu_kernel(G, U, OUT, stride_g, stride_u, stride_o, N, BLOCK: tl.constexpr):
+    def swiglu_kernel(G, U, OUT, stride_g, stride_u, stride_o, N, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        release_dependents(PDL)
+        await_producers(PDL)
         row, col_block = tl.program_id(0), tl.program_id(1)
         cols = col_block * BLOCK + tl.arange(0, BLOCK)
         ok = cols < N
@@ -67,10 +73,12 @@ if triton is not None:
     def rope_write_kernel(Q, K, V, COS, SIN, POS, QO, CK, CV, T, H, Hkv,
                           sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, scb, sct, spb,
                           sob, soh, sot, sckb, sckh, scks, scvb, scvh, scvs,
-                          HALF: tl.constexpr, BLOCK: tl.constexpr, BLOCK_H: tl.constexpr):
+                          HALF: tl.constexpr, BLOCK: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr):
         """One program a (token, block of BLOCK_H heads): q blocks rotate q into QO; k blocks rotate k (and
         copy v) into the cache at the token's position. Heads are read and written whole as contiguous
         (pairs, 2) tiles and split into the pairs' halves in registers."""
+        release_dependents(PDL)
+        await_producers(PDL)
         bt, hb = tl.program_id(0), tl.program_id(1)
         b, t = bt // T, bt % T
         n_q_blocks = tl.cdiv(H, BLOCK_H)
@@ -126,7 +134,7 @@ def add_rms_norm_launch(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tens
     y = torch.empty(x2.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
     BLOCK = max(16, 1 << (N - 1).bit_length())
     launcher(add_rms_norm_kernel)[(x2.shape[0],)](
-        x2, d2, weight, y, h, x2.stride(0), d2.stride(0), y.stride(0), h.stride(0), N, eps, BLOCK=BLOCK,
+        x2, d2, weight, y, h, x2.stride(0), d2.stride(0), y.stride(0), h.stride(0), N, eps, BLOCK=BLOCK, PDL=pdl(x.device),
         **({} if INTERPRET else {"num_warps": min(16, max(1, BLOCK // 512))}))
     return y.view(x.shape), h.view(x.shape)
 
@@ -137,7 +145,7 @@ def swiglu_launch(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     out = torch.empty(g2.shape, dtype=gate.dtype, device=gate.device)
     BLOCK = 1024 if not INTERPRET else 64
     launcher(swiglu_kernel)[(g2.shape[0], triton.cdiv(N, BLOCK))](
-        g2, u2, out, g2.stride(0), u2.stride(0), out.stride(0), N, BLOCK=BLOCK)
+        g2, u2, out, g2.stride(0), u2.stride(0), out.stride(0), N, BLOCK=BLOCK, PDL=pdl(gate.device))
     return out.view(gate.shape)
 
 
@@ -157,7 +165,7 @@ def rope_write_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: to
         v.stride(0), v.stride(1), v.stride(2), cos.stride(0), cos.stride(1), pos.stride(0),
         q_out.stride(0), q_out.stride(1), q_out.stride(2), cache_k.stride(0), cache_k.stride(1), cache_k.stride(2),
         cache_v.stride(0), cache_v.stride(1), cache_v.stride(2), HALF=D // 2, BLOCK=max(16, 1 << (D // 2 - 1).bit_length()),
-        BLOCK_H=BLOCK_H, **({} if INTERPRET else {"num_warps": 4 if B * T <= 64 else 2}))
+        BLOCK_H=BLOCK_H, PDL=pdl(q.device), **({} if INTERPRET else {"num_warps": 4 if B * T <= 64 else 2}))
     return q_out
 
 
@@ -174,20 +182,20 @@ def step_positions_launch(pos: torch.Tensor, inv_freq: torch.Tensor) -> tuple[to
 
 
 if triton is not None:
-    @torch.library.triton_op("llamafn::step_positions", mutates_args=())
+    @kernel_op("llamafn::step_positions", mutates_args=())
     def step_positions_op(pos: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return step_positions_launch(pos, inv_freq)
 
-    @torch.library.triton_op("llamafn::rope_write", mutates_args={"cache_k", "cache_v"})
+    @kernel_op("llamafn::rope_write", mutates_args={"cache_k", "cache_v"})
     def rope_write_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       cache_k: torch.Tensor, cache_v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return rope_write_launch(q, k, v, cos, sin, cache_k, cache_v, pos)
 
-    @torch.library.triton_op("llamafn::add_rms_norm", mutates_args=())
+    @kernel_op("llamafn::add_rms_norm", mutates_args=())
     def add_rms_norm_op(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         return add_rms_norm_launch(x, delta, weight, eps)
 
-    @torch.library.triton_op("llamafn::swiglu", mutates_args=())
+    @kernel_op("llamafn::swiglu", mutates_args=())
     def swiglu_op(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         return swiglu_launch(gate, up)
 

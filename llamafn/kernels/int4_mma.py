@@ -53,7 +53,7 @@ import functools
 import torch
 
 from ..errors import InputError
-from .runtime import INTERPRET, launcher, triton
+from .runtime import INTERPRET, kernel_op, launcher, triton
 
 ROWS_A_PROGRAM = 8                        # the columns of B: rows of x a program multiplies
 
@@ -64,8 +64,7 @@ def mma4_source(chunks: int) -> str:
     (4 quads of x, two bf16 pairs each), the lane's (tile, group) record (4; the first is read: scales of
     rows g and g + 8 as bf16, then -(128 + z) of both) and the chunks' accumulators in. Each word is
     turned into its A fragment once for all chunks; each chunk's sums are added to its accumulators times
-    the scales. One line (inductor copies a kernel's source into its generated module, where a newline in
-    a string breaks it)."""
+    the scales."""
     words, rec, acc_in = 4 * chunks, 8 * chunks + 4, 8 * chunks + 8
     sums = [[f"p{c}_{i}" for i in range(4)] for c in range(chunks)]
     return ("{ .reg .b32 a0, a1, a2, a3, sh, zg, zg8, sg, sg8, xl, xh, one, r0, r1; "
@@ -330,7 +329,7 @@ def int4_mma_launch(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor,
 
 
 if triton is not None:
-    @torch.library.triton_op("llamafn::int4_mma", mutates_args=())
+    @kernel_op("llamafn::int4_mma", mutates_args=())
     def int4_mma(x: torch.Tensor, words: torch.Tensor, records: torch.Tensor, group_size: int) -> torch.Tensor:
         """x (M, K) bf16 @ an int4 weight in the mma layout (Int4MmaWeight)^T -> (M, N), on the GPU."""
         return int4_mma_launch(x, words, records, group_size)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-from .runtime import launcher, triton
+from .runtime import kernel_op, launcher, triton
 
 if triton is not None:
     import triton.language as tl
@@ -64,7 +64,7 @@ def mma_dequantize_launch(words: torch.Tensor, records: torch.Tensor, group_size
 
 
 if triton is not None:
-    @torch.library.triton_op("llamafn::int4_mma_dequantize", mutates_args=())
+    @kernel_op("llamafn::int4_mma_dequantize", mutates_args=())
     def int4_mma_dequantize(words: torch.Tensor, records: torch.Tensor, group_size: int,
                             dtype: torch.dtype) -> torch.Tensor:
         """An Int4MmaWeight's words and records -> its float matrix (N, K) in dtype, on the GPU."""

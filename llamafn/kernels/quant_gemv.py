@@ -39,8 +39,10 @@ within 3%); x read from 4-64 replicas, against a hot spot in L2 (2-5% at best); 
 resident programs (maxnreg 32/40: spills). One-warp programs ran wqkv, w13 and w2 3-7% faster alone but
 the compiled step 0.2% (invocations 52-54).
 
-Inside the custom op the layouts of x are torch ops, so inductor fuses them into the producer of x (the
-RMSNorm or the SwiGLU) where that is its own kernel. On a GPU each kernel is autotuned per shape; under
+For a weight in natural order the layout of x is a kernel of its own inside the custom op; the decode
+layouts (llamafn.quant.for_decode) store the weights in the planes' order, read against x as it is. Both
+kernels are built for programmatic dependent launch on Hopper (runtime.pdl): the int4 kernel loads its
+first tile of weights before it waits for x, so that the loads overlap the kernels before it. On a GPU each kernel is autotuned per shape; under
 `TRITON_INTERPRET=1` it runs one fixed small tile (the CPU tests)."""
 
 from __future__ import annotations
@@ -48,16 +50,17 @@ from __future__ import annotations
 import torch
 
 from ..quant.formats import group_natural_order, natural_order
-from .runtime import INTERPRET, launcher, sm_count, triton
+from .runtime import INTERPRET, launcher, pdl, sm_count, triton
 
 if triton is not None:
     import triton.language as tl
 
+    from .runtime import await_producers, release_dependents
+
     # Dot of a word's 8 nibbles with 8 bf16 inputs, in packed bf16 (sm_80+): lop3 sets nibble pair (j, j + 4),
     # at bits 4j and 16 + 4j after a shift, into the mantissas of two bf16 128.0s (128 + q, exact); an FMA
     # with -(128 + z) ($6) leaves q - z exactly; four FMAs against the input pairs $2-$5 sum 4 products a
-    # lane in bf16 (products and sums rounded to 8 bits), and the two lanes are added in fp32. One line:
-    # inductor copies a kernel's source into its generated module, where a newline in a string breaks it.
+    # lane in bf16 (products and sums rounded to 8 bits), and the two lanes are added in fp32.
     PACKED_DOT = tl.constexpr(
         "{ .reg .b32 t0, t1, t2, t3, a, one, zero; mov.b32 one, 0x3F803F80; mov.b32 zero, 0x80008000; "
         "lop3.b32 t0, $1, 0x000F000F, 0x43004300, 0xEA; shr.u32 a, $1, 4; "
@@ -114,7 +117,7 @@ if triton is not None:
 
     @triton.jit
     def int8_gemv_kernel(x_ptr, q_ptr, s_ptr, out_ptr, N, KW, stride_xm, stride_qn, stride_om, magic,
-                         BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PER_SM: tl.constexpr):
+                         BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PER_SM: tl.constexpr, PDL: tl.constexpr):
         """One row of x against BLOCK_N rows of int8 words a row block: x_ptr (M, 4, KW) planes, plane j at
         word w the input of byte j of word w, q_ptr (N, KW) int32, byte j at bits 8j. Each byte is moved to
         bits 15-22, its sign bit flipped (u = q + 128) and set in 1.0's mantissa: f = 1 + u 2^-8, so
@@ -127,6 +130,8 @@ if triton is not None:
         Tried, no gain: the RMSNorm folded in (each program summing x^2 over the x it loads, rstd in the
         epilogue): wqkv 23.6 against 23.8 us for inductor's norm and this kernel, w13 37.8 against 36.7;
         wo with a residual epilogue then w13 with the norm, 45.2 against 45.0 for wo, add_rms_norm and w13."""
+        release_dependents(PDL)
+        await_producers(PDL)
         pid_n, m = tl.program_id(0), tl.program_id(1)
         x_row, out_row = x_ptr + m * stride_xm, out_ptr + m * stride_om
         if PER_SM == 0:
@@ -157,37 +162,51 @@ if triton is not None:
             return out
 
     @triton.jit
+    def int4_tile(q_ptr, s_ptr, z_ptr, rows, g0, G, stride_qn, stride_sn, BLOCK_G: tl.constexpr, GW: tl.constexpr):
+        """Groups g0 .. g0 + BLOCK_G of BLOCK_N rows: their words (BN, NG, GW) int32 (zeros past G), scales
+        (BN, NG) fp32 and zero points as bf16 pairs -(128 + z) (BN, NG, 1)."""
+        grp = g0 + tl.arange(0, BLOCK_G)                                              # (NG,)
+        word = grp[:, None] * GW + tl.arange(0, GW)[None, :]                          # (NG, GW)
+        words = tl.load(q_ptr + rows[:, None, None] * stride_qn + word[None], mask=(grp < G)[None, :, None], other=0)
+        group = rows[:, None] * stride_sn + tl.minimum(grp, G - 1)[None, :]          # (BN, NG)
+        s = tl.load(s_ptr + group).to(tl.float32)
+        z = tl.load(z_ptr + group).to(tl.int32) | 0xC300                              # bf16 -(128 + z)
+        return words, s, (z | (z << 16))[:, :, None]
+
+    @triton.jit
+    def int4_tile_dots(x_row, words, s, zero_pair, g0, G, BLOCK_G: tl.constexpr, GW: tl.constexpr, ASM: tl.constexpr):
+        """A tile's scaled word dots (BN, NG, GW) fp32 against x's pairs at groups g0 .. g0 + BLOCK_G (zeros
+        past G): word w of group g, pair j (nibbles j and j + 4) meets x pair (4g + j) GW + w."""
+        grp = g0 + tl.arange(0, BLOCK_G)                                              # (NG,)
+        pair = x_row + (4 * grp[:, None] * GW + tl.arange(0, GW)[None, :])[None]      # (1, NG, GW) pair 0
+        x_in = (grp < G)[None, :, None]
+        x0 = tl.load(pair, mask=x_in, other=0)
+        x1 = tl.load(pair + GW, mask=x_in, other=0)
+        x2 = tl.load(pair + 2 * GW, mask=x_in, other=0)
+        x3 = tl.load(pair + 3 * GW, mask=x_in, other=0)
+        return s[:, :, None] * int4_word_dots(words, x0, x1, x2, x3, zero_pair, ASM)
+
+    @triton.jit
     def int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, N, G, stride_xm, stride_qn, stride_sn, stride_om,
-                         GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, ASM: tl.constexpr):
+                         GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, ASM: tl.constexpr,
+                         PDL: tl.constexpr):
         """One row of x against BLOCK_N rows of int4 words in group-plane order (formats.group_plane_order),
         BLOCK_G groups at a time: x_ptr (M, K/2) int32, bf16 pairs of x itself, q_ptr (N, K/8) int32,
         s_ptr/z_ptr (N, G). Word w of group g, pair j (nibbles j and j + 4) meets x pair (4g + j) GW + w.
-        Each word's dot is 18 instructions for 8 weights (`PACKED_DOT`), then one FMA by its group's scale."""
+        Each word's dot is 18 instructions for 8 weights (`PACKED_DOT`), then one FMA by its group's scale.
+        The first groups' weights are loaded before waiting for the producer of x (PDL)."""
         GW: tl.constexpr = GROUP // 8                                                 # words a group
+        release_dependents(PDL)
         pid_n, m = tl.program_id(0), tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
         rows = tl.minimum(rn, N - 1)                                                  # (BN,) in bounds
-        rg = tl.arange(0, BLOCK_G)                                                    # (NG,)
-        rw = tl.arange(0, GW)                                                         # (GW,)
-        acc = tl.zeros((BLOCK_N, BLOCK_G, GW), dtype=tl.float32)
         x_row = x_ptr + m * stride_xm
-        for g0 in range(0, G, BLOCK_G):
-            grp = g0 + rg                                                             # (NG,)
-            in_g = grp < G
-            word = grp[:, None] * GW + rw[None, :]                                    # (NG, GW)
-            words = tl.load(q_ptr + rows[:, None, None] * stride_qn + word[None], mask=in_g[None, :, None],
-                            other=0)                                                  # (BN, NG, GW) int32
-            group = rows[:, None] * stride_sn + tl.minimum(grp, G - 1)[None, :]      # (BN, NG)
-            s = tl.load(s_ptr + group).to(tl.float32)
-            z = tl.load(z_ptr + group).to(tl.int32) | 0xC300                          # bf16 -(128 + z)
-            zero_pair = (z | (z << 16))[:, :, None]                                   # (BN, NG, 1)
-            pair = x_row + (4 * grp[:, None] * GW + rw[None, :])[None]                # (1, NG, GW) pair 0
-            x_in = in_g[None, :, None]
-            x0 = tl.load(pair, mask=x_in, other=0)
-            x1 = tl.load(pair + GW, mask=x_in, other=0)
-            x2 = tl.load(pair + 2 * GW, mask=x_in, other=0)
-            x3 = tl.load(pair + 3 * GW, mask=x_in, other=0)
-            acc += s[:, :, None] * int4_word_dots(words, x0, x1, x2, x3, zero_pair, ASM)
+        words, s, zero_pair = int4_tile(q_ptr, s_ptr, z_ptr, rows, 0, G, stride_qn, stride_sn, BLOCK_G, GW)
+        await_producers(PDL)
+        acc = int4_tile_dots(x_row, words, s, zero_pair, 0, G, BLOCK_G, GW, ASM)      # (BN, NG, GW)
+        for g0 in range(BLOCK_G, G, BLOCK_G):
+            words, s, zero_pair = int4_tile(q_ptr, s_ptr, z_ptr, rows, g0, G, stride_qn, stride_sn, BLOCK_G, GW)
+            acc += int4_tile_dots(x_row, words, s, zero_pair, g0, G, BLOCK_G, GW, ASM)
         out = tl.sum(tl.sum(acc, axis=2), axis=1)                                     # (BN,)
         tl.store(out_ptr + m * stride_om + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
 
@@ -276,7 +295,7 @@ def int8_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, dtype:
     out = torch.empty(M, N, dtype=dtype, device=xw.device)
     kernel, fixed = gemv_kernel("int8")
     launcher(kernel)[gemv_grid(N, M, xw.device)](xw, words, scale, out, N, KW, xw.stride(0), words.stride(0),
-                                                 out.stride(0), MAGIC_INT8, **fixed)
+                                                 out.stride(0), MAGIC_INT8, PDL=pdl(xw.device), **fixed)
     return out
 
 
@@ -289,7 +308,7 @@ def int4_gemv(pairs: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zer
     kernel, fixed = gemv_kernel("int4", group_size)
     launcher(kernel)[gemv_grid(N, M, pairs.device)](pairs, words, scale, zero, out, N, scale.shape[1], pairs.stride(0),
                                                     words.stride(0), scale.stride(0), out.stride(0), GROUP=group_size,
-                                                    **fixed)
+                                                    PDL=pdl(pairs.device), **fixed)
     return out
 
 

@@ -14,7 +14,7 @@ and feeds it to `tl.dot` with tiles of several groups. Tried and slower on the H
 correction after; 1.1-2.2x slower).
 
 Both are registered as custom ops (`torch.ops.llamafn.int8_matmul`, `int4_matmul`, via
-`torch.library.triton_op`) so that a compiled decode step captures them with `fullgraph=True` and
+`runtime.kernel_op`) so that a compiled decode step captures them with `fullgraph=True` and
 inductor places them in its CUDA graph. Under `TRITON_INTERPRET=1` the launchers run on CPU tensors
 with one fixed config (tests); on a GPU each kernel is autotuned per (M class, N, K).
 """
@@ -27,7 +27,7 @@ from ..quant.formats import group_plane_order, plane_order
 from . import quant_gemv
 from .quant_gemv import (as_words, int4_gemv, int4_gemv_fits, int4_gemv_pairs, int8_gemv, int8_gemv_planes,
                          launch_group, uses_gemv)
-from .runtime import INTERPRET, launcher, triton
+from .runtime import INTERPRET, kernel_op, launcher, triton
 
 if triton is not None:
     import triton.language as tl
@@ -100,8 +100,8 @@ def dot_kernel(name: str, M: int, group: int = 0):
 
 
 def tuned_configs() -> dict[str, str]:
-    """The config the autotuner chose for each kernel and shape key so far (for benchmark records): the eager
-    launches' tuner; inside a compiled step inductor benchmarks the same configs itself, unrecorded here."""
+    """The config the autotuner chose for each kernel and shape key so far (for benchmark records; compiled
+    steps launch through the same tuners)."""
     return {f"{name} {'gemv' if gemv else 'dot'} M<={m_class} group={group} (N, K)={key[:2]}": str(config)
             for (name, gemv, m_class, group), tuner in quant_gemv.TUNED.items() for key, config in tuner.cache.items()}
 
@@ -117,7 +117,8 @@ def int8_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, pl
     dtype, by the gemv or the dot kernel. The dot kernel takes x in a planar weight's column order, so
     x @ q^T is the natural product: gathering x in that order inside the kernel instead took 2.1-2.9x
     as long as the natural-order tile on an H100 at 2-4 rows; the permutation is a kernel of its own
-    when called eagerly (1.1-1.2x), which inductor fuses into the producer of x where that is its own."""
+    (1.1-1.2x); the decode layouts (llamafn.quant.for_decode) store the weights so that the gemv reads x
+    as it is."""
     M, K = x.shape
     N = q.shape[0]
     words = as_words(q)
@@ -153,13 +154,13 @@ def int4_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, ze
 
 
 if triton is not None:
-    @torch.library.triton_op("llamafn::int8_matmul", mutates_args=())
+    @kernel_op("llamafn::int8_matmul", mutates_args=())
     def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, planar: bool = False) -> torch.Tensor:
         """x (M, K) @ dequantised int8 weight (N, K)^T -> (M, N), on the GPU; `planar`: q's columns are in
         the gemv's plane order (Int8GemvWeight)."""
         return int8_matmul_launch(x, q, scale, planar)
 
-    @torch.library.triton_op("llamafn::int4_matmul", mutates_args=())
+    @kernel_op("llamafn::int4_matmul", mutates_args=())
     def int4_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                     group_size: int, planar: bool = False) -> torch.Tensor:
         """x (M, K) @ dequantised int4 weight (N, K)^T -> (M, N), on the GPU; `planar`: q's nibbles are in

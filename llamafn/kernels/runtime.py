@@ -1,7 +1,7 @@
 """What every Triton kernel module shares: the optional `triton` import, whether kernels run in
-Triton's interpreter (TRITON_INTERPRET=1, the CPU tests), how a kernel is launched (through
-`torch.library.wrap_triton` on a GPU, so inductor can trace it inside a custom op), and the check
-that a kernel can run at all."""
+Triton's interpreter (TRITON_INTERPRET=1, the CPU tests), how a kernel is launched (directly, from
+inside a custom op that torch.compile captures whole: `kernel_op`, `launcher`), programmatic dependent
+launch (`pdl`), and the check that a kernel can run at all."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import functools
 import os
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from ..errors import InputError
 
@@ -31,6 +32,19 @@ if triton is not None:
         else:
             return tl.dot(a, b)
 
+    @triton.jit
+    def release_dependents(PDL: tl.constexpr):
+        """Let the next kernel in the stream launch now (PDL: a programmatic dependent launch, Hopper+)."""
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+
+    @triton.jit
+    def await_producers(PDL: tl.constexpr):
+        """Wait until the kernels before this one have finished and their writes are visible (PDL); every
+        load of their outputs and every store comes after it."""
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+
 
 @functools.cache
 def sm_count(device: torch.device) -> int:
@@ -38,9 +52,47 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def launcher(kernel):
-    """kernel[grid](...) as to launch it: directly in the interpreter, wrapped for tracing on a GPU."""
-    return kernel if INTERPRET else torch.library.wrap_triton(kernel)
+def pdl(device: torch.device) -> bool:
+    """Whether kernels on `device` are built for programmatic dependent launch (PDL: CUDA capability 9+,
+    not in the interpreter; LLAMAFN_PDL=0 turns it off). Such a kernel releases its successor as it starts
+    and waits for its predecessor before touching anything the predecessor writes, so the successor's
+    launch and whatever it reads that no kernel writes (weights) overlap the predecessor's tail."""
+    return (not INTERPRET and triton is not None and device.type == "cuda" and torch.cuda.is_available()
+            and os.environ.get("LLAMAFN_PDL", "1") == "1" and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
+def launcher(kernel) -> "Launch":
+    """kernel[grid](...) as to launch it (see Launch)."""
+    return Launch(kernel)
+
+
+class Launch:
+    """A direct Triton launch from inside a custom op (`kernel_op`): nothing for fake tensors (the op's
+    shape function is its own body, run on them by torch.compile), and a programmatic dependent launch for
+    a kernel given PDL=True. The ops are opaque to inductor, which places them in its CUDA graph as they
+    are; traced into the graph instead (torch.library.triton_op), they were launched by inductor without
+    launch attributes, and its mutation analysis, which cannot read inline PTX or griddepcontrol on the
+    pinned GPU stack, took every argument for written."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            if any(isinstance(a, FakeTensor) for a in args):
+                return
+            self.kernel[grid](*args, **(dict(kwargs, launch_pdl=True) if kwargs.get("PDL") else kwargs))
+        return launch
+
+
+def kernel_op(name: str, mutates_args=()):
+    """torch.library.custom_op(name) whose fake (shape) implementation is the op itself: its launches
+    do nothing on fake tensors, and its outputs are allocated as on a GPU."""
+    def wrap(fn):
+        op = torch.library.custom_op(name, mutates_args=mutates_args)(fn)
+        op.register_fake(fn)
+        return op
+    return wrap
 
 
 def require_triton(device: torch.device | str, what: str) -> None:

@@ -85,12 +85,12 @@ def test_every_gemv_config(name):
             xw = quant_gemv.int8_gemv_planes(x)
             quant_gemv.int8_gemv_kernel[quant_gemv.gemv_grid(N, 1, x.device)](
                 xw, words, q.scale, out, N, KW, xw.stride(0), words.stride(0), out.stride(0), quant_gemv.MAGIC_INT8,
-                **launch)
+                PDL=False, **launch)
         else:
             pairs = quant_gemv.int4_gemv_pairs(x, 128)
             quant_gemv.int4_gemv_kernel[quant_gemv.gemv_grid(N, 1, x.device)](
                 pairs, words, q.scale, q.zero, out, N, q.scale.shape[1], pairs.stride(0), words.stride(0),
-                q.scale.stride(0), out.stride(0), GROUP=128, **dict(launch, ASM=DEVICE == "cuda"))
+                q.scale.stride(0), out.stride(0), GROUP=128, PDL=False, **dict(launch, ASM=DEVICE == "cuda"))
         check(out, x, q)
 
 
@@ -104,7 +104,8 @@ def test_persistent_int8_gemv_loops_over_row_blocks(seed, n, k, programs):
     words, xw = quant_gemv.as_words(q.q), quant_gemv.int8_gemv_planes(x)
     out = torch.empty(1, n, dtype=dtype, device=DEVICE)
     quant_gemv.int8_gemv_kernel[(programs, 1)](xw, words, q.scale, out, n, k // 4, xw.stride(0), words.stride(0),
-                                               out.stride(0), quant_gemv.MAGIC_INT8, BLOCK_N=2, BLOCK_W=16, PER_SM=1)
+                                               out.stride(0), quant_gemv.MAGIC_INT8, BLOCK_N=2, BLOCK_W=16, PER_SM=1,
+                                               PDL=False)
     check(out, x, q)
 
 

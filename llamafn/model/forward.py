@@ -11,8 +11,7 @@ from ..errors import InputError
 from ..params import Params, layer_params, output_weight
 from ..quant import embedding, linear
 from .attention import step_rope
-from .block import block
-from .norm import rms_norm
+from .block import block, residual_norm
 
 
 def forward(params: Params, tokens: torch.Tensor, cache: KVCache | None = None, *, cfg: ModelConfig,
@@ -41,13 +40,13 @@ def transformer(params: Params, tokens: torch.Tensor, cache: KVCache | None = No
             raise InputError(f"forward: tokens have batch {tokens.shape[0]} but the cache has {kv.batch_size(cache)} rows")
     if not torch.compiler.is_compiling() and not (tokens.is_cuda and torch.cuda.is_current_stream_capturing()):
         check_values(tokens, cache, cfg)
-    h = embedding(tokens, params["tok_embeddings.weight"], params["norm.weight"].dtype)   # (B, T, dim)
+    h, f = embedding(tokens, params["tok_embeddings.weight"], params["norm.weight"].dtype), None   # (B, T, dim)
     rope = step_rope(cache, *tokens.shape, tokens.device, cfg=cfg, backend=attention)  # pos, cos, sin: once a forward
     for i in range(cfg.n_layers):
-        h, cache = block(layer_params(params, i), h, cache, i, cfg=cfg, backend=attention, rope=rope)
+        h, f, cache = block(layer_params(params, i), h, f, cache, i, cfg=cfg, backend=attention, rope=rope)
     if cache is not None:
         cache = kv.advance(cache, tokens.shape[1])
-    return rms_norm(h, params["norm.weight"], cfg.norm_eps), cache
+    return residual_norm(h, f, params["norm.weight"], cfg.norm_eps, attention)[0], cache
 
 
 def lm_head(params: Params, h: torch.Tensor) -> torch.Tensor:

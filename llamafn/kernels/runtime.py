@@ -45,6 +45,11 @@ if triton is not None:
         if PDL:
             tl.extra.cuda.gdc_wait()
 
+    @triton.jit
+    def plain_barrier_kernel():
+        """Nothing: launched plainly before an eager programmatic dependent launch (see Launch)."""
+        pass
+
 
 @functools.cache
 def sm_count(device: torch.device) -> int:
@@ -72,7 +77,14 @@ class Launch:
     a kernel given PDL=True. The ops are opaque to inductor, which places them in its CUDA graph as they
     are; traced into the graph instead (torch.library.triton_op), they were launched by inductor without
     launch attributes, and its mutation analysis, which cannot read inline PTX or griddepcontrol on the
-    pinned GPU stack, took every argument for written."""
+    pinned GPU stack, took every argument for written.
+
+    A PDL kernel may read, before its wait, what no kernel of the step writes (the GEMVs' weights); its
+    predecessor's writes are only sure to be visible after the wait. Inside a captured graph the weights
+    are static inputs written long before; an eager launch (no capture) is preceded by an empty plain one,
+    which starts only when everything before it has finished, so a weight written by the kernel just
+    before is visible too. Eager and captured launches share one compiled variant (a kernel compiled
+    during capture would load its module there, which CUDA forbids)."""
 
     def __init__(self, kernel):
         self.kernel = kernel
@@ -81,7 +93,11 @@ class Launch:
         def launch(*args, **kwargs):
             if any(isinstance(a, FakeTensor) for a in args):
                 return
-            self.kernel[grid](*args, **(dict(kwargs, launch_pdl=True) if kwargs.get("PDL") else kwargs))
+            if kwargs.get("PDL"):
+                if not torch.cuda.is_current_stream_capturing():
+                    plain_barrier_kernel[(1,)]()
+                kwargs = dict(kwargs, launch_pdl=True)
+            self.kernel[grid](*args, **kwargs)
         return launch
 
 

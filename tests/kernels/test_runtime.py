@@ -19,8 +19,9 @@ class Recorder:
         return lambda *args, **kwargs: self.launches.append((grid, args, kwargs))
 
 
-def test_launch_asks_for_a_programmatic_dependent_launch_only_for_pdl_kernels():
+def test_launch_asks_for_a_programmatic_dependent_launch_only_for_pdl_kernels(monkeypatch):
     kernel = Recorder()
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     x = torch.zeros(4)
     runtime.launcher(kernel)[(2,)](x, 3, PDL=True, BLOCK=16)
     runtime.launcher(kernel)[(2,)](x, 3, PDL=False, BLOCK=16)
@@ -28,6 +29,19 @@ def test_launch_asks_for_a_programmatic_dependent_launch_only_for_pdl_kernels():
     assert [k for _, _, k in kernel.launches] == [dict(PDL=True, BLOCK=16, launch_pdl=True),
                                                   dict(PDL=False, BLOCK=16), dict(BLOCK=16)]
     assert all(grid == (2,) and args == (x, 3) for grid, args, _ in kernel.launches)
+
+
+@pytest.mark.parametrize("capturing", [False, True])
+def test_an_eager_pdl_launch_follows_an_empty_plain_one(monkeypatch, capturing):
+    """Outside graph capture the kernel before a PDL launch is an empty plain launch (see Launch)."""
+    order = []
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing)
+    monkeypatch.setattr(runtime, "plain_barrier_kernel",
+                        {(1,): lambda *args, **kwargs: order.append(("barrier", args, kwargs))})
+    kernel = Recorder()
+    runtime.launcher(kernel)[(3,)](torch.zeros(2), PDL=True)
+    runtime.launcher(kernel)[(3,)](torch.zeros(2), PDL=False)
+    assert order == ([] if capturing else [("barrier", (), {})]) and len(kernel.launches) == 2
 
 
 def test_launch_does_nothing_on_fake_tensors():

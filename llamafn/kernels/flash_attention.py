@@ -17,8 +17,8 @@ Decode (a few query rows a KV head, at most DECODE_MAX_ROWS) is split along the 
 (llamafn.kernels.flash_decode).
 
 Scores are cast to fp32 after the scale, so that the loop-carried softmax statistics stay fp32 whatever
-type a launcher gives the Python-float scale (inductor, which once launched these kernels, gave fp64). float32 inputs use IEEE products
-(`runtime.dot`), not TF32.
+type a launcher gives the Python-float scale (inductor, which once launched these kernels, gave fp64).
+float32 inputs use IEEE products (`runtime.dot`), not TF32.
 
 Head dims up to 256 (padded to a power of two >= 16). Prefill and decode are one custom op
 (`torch.ops.llamafn.flash_attention`) so compiled steps capture them with fullgraph; in Triton's

@@ -114,7 +114,8 @@ if triton is not None:
 
     @triton.jit
     def flash_decode_merge_kernel(PART_O, PART_ML, O, T, Hkv, GROUP, N_SPLITS, D, sob, soh, sot,
-                                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
+                                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+                                  PDL: tl.constexpr):
         """Merge the splits' (acc, max, sum) of one query row, out = sum_i e^(m_i - m) acc_i / sum_i e^(m_i - m) l_i,
         in one pass: BLOCK_S splits' partials are loaded together and folded into running statistics (one
         round trip to memory when every split fits in one step)."""

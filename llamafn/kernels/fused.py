@@ -134,7 +134,8 @@ def add_rms_norm_launch(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tens
     y = torch.empty(x2.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
     BLOCK = max(16, 1 << (N - 1).bit_length())
     launcher(add_rms_norm_kernel)[(x2.shape[0],)](
-        x2, d2, weight, y, h, x2.stride(0), d2.stride(0), y.stride(0), h.stride(0), N, eps, BLOCK=BLOCK, PDL=pdl(x.device),
+        x2, d2, weight, y, h, x2.stride(0), d2.stride(0), y.stride(0), h.stride(0), N, eps, BLOCK=BLOCK,
+        PDL=pdl(x.device),
         **({} if INTERPRET else {"num_warps": min(16, max(1, BLOCK // 512))}))
     return y.view(x.shape), h.view(x.shape)
 

@@ -42,8 +42,9 @@ the compiled step 0.2% (invocations 52-54).
 For a weight in natural order the layout of x is a kernel of its own inside the custom op; the decode
 layouts (llamafn.quant.for_decode) store the weights in the planes' order, read against x as it is. Both
 kernels are built for programmatic dependent launch on Hopper (runtime.pdl): the int4 kernel loads its
-first tile of weights before it waits for x, so that the loads overlap the kernels before it. On a GPU each kernel is autotuned per shape; under
-`TRITON_INTERPRET=1` it runs one fixed small tile (the CPU tests)."""
+first tile of weights before it waits for x, so that the loads overlap the kernels before it. On a GPU
+each kernel is autotuned per shape; under `TRITON_INTERPRET=1` it runs one fixed small tile (the CPU
+tests)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ def subtree(p: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
 
 def residual_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float,
                   backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rms_norm(x + delta) * weight, x + delta), by the fused add + norm of `backend`; x alone if delta is None."""
+    """(rms_norm(x + delta) * weight, x + delta) by the fused add + norm of `backend`; x alone where delta
+    is None (the first block's input, or a model of no layers)."""
     if delta is None:
         return rms_norm(x, weight, eps), x
     return get_or_reference("add_rms_norm", backend)(x, delta, weight, eps)

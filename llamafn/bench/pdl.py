@@ -25,10 +25,12 @@ GROUP = 128
 
 
 def int4_weight(n: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random int4 words (n, k/8) int32 in the GEMV's group-plane order, scales and zero points (n, k/GROUP)."""
-    words = torch.randint(-2**31, 2**31 - 1, (n, k // 8), dtype=torch.int32, device="cuda", generator=gen)
-    scale = (torch.rand(n, k // GROUP, device="cuda", generator=gen) * 2e-3 + 1e-3).to(torch.bfloat16)
-    zero = torch.randint(0, 16, (n, k // GROUP), dtype=torch.uint8, device="cuda", generator=gen)
+    """Random int4 words (n, k/8) int32 in the GEMV's group-plane order, scales and zero points (n, k/GROUP),
+    on the generator's device."""
+    device = gen.device
+    words = torch.randint(-2**31, 2**31 - 1, (n, k // 8), dtype=torch.int32, device=device, generator=gen)
+    scale = (torch.rand(n, k // GROUP, device=device, generator=gen) * 2e-3 + 1e-3).to(torch.bfloat16)
+    zero = torch.randint(0, 16, (n, k // GROUP), dtype=torch.uint8, device=device, generator=gen)
     return words, scale, zero
 
 

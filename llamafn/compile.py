@@ -6,7 +6,7 @@ shape; the kernels of llamafn's custom ops are launched from Python, so a graph 
 launches cheap); for that to be both correct and cheap, every tensor that lives across steps (the
 weights, the KV cache) is marked as a static address, so the graph reads and writes it in place
 instead of copying it in and out on every replay, and a caller copies what it keeps of a graph's
-outputs (`decode.sample.own`) before the next replay. Prefill is compiled once per prompt-length
+outputs (`decode.sample.replayed`) before the next replay. Prefill is compiled once per prompt-length
 bucket (`bucket`), so a new prompt length does not recompile unless it crosses into a new bucket.
 """
 

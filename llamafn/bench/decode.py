@@ -73,28 +73,24 @@ def compiled_decode(params: Params, cfg: ModelConfig, batch: int, prompt_len: in
     kw = dict(cfg=cfg, attention=attention, all_greedy=True)
 
     def run_prefill():
-        torch.compiler.cudagraph_mark_step_begin()
-        state = sample.own(prefill(params, tokens, lengths, kv.reset(cache), sp, ones, stops, **kw)[1])
-        return state.last, state
+        return sample.replayed(prefill, params, tokens, lengths, kv.reset(cache), sp, ones, stops, **kw)
 
     def run(n_steps: int):
-        _, state = run_prefill()
+        state = run_prefill()
         for _ in range(n_steps):
-            torch.compiler.cudagraph_mark_step_begin()
-            state = sample.own(step(params, state, sp, ones, stops, **kw)[1])
+            state = sample.replayed(step, params, state, sp, ones, stops, **kw)
         return state
 
     torch.cuda.reset_peak_memory_stats()
     _, compile_s = wall_time(lambda: run(3))
     run(3)
     prefill_s = sorted(wall_time(run_prefill)[1] for _ in range(3))[1]
-    _, state = run_prefill()
+    state = run_prefill()
 
     def decode():
         nonlocal state
         for _ in range(new_tokens):
-            torch.compiler.cudagraph_mark_step_begin()
-            state = sample.own(step(params, state, sp, ones, stops, **kw)[1])
+            state = sample.replayed(step, params, state, sp, ones, stops, **kw)
 
     step_s = cuda_time(decode) / new_tokens
     bytes_needed = step_bytes(params, cfg, batch, prompt_len + new_tokens / 2, kv_dtype)
@@ -178,16 +174,13 @@ def profile_step(params: Params, cfg: ModelConfig, attention: str) -> list[dict]
     stops = torch.empty(0, dtype=torch.long, device=device)
     prefill, step = compiled(sample.prefill, mode="reduce-overhead"), compiled(sample.step, mode="reduce-overhead")
     kw = dict(cfg=cfg, attention=attention, all_greedy=True)
-    torch.compiler.cudagraph_mark_step_begin()
-    state = sample.own(prefill(params, torch.ones(1, 16, dtype=torch.long, device=device),
-                               torch.tensor([5], device=device), cache, sp, ones, stops, **kw)[1])
+    state = sample.replayed(prefill, params, torch.ones(1, 16, dtype=torch.long, device=device),
+                            torch.tensor([5], device=device), cache, sp, ones, stops, **kw)
     for _ in range(3):
-        torch.compiler.cudagraph_mark_step_begin()
-        state = sample.own(step(params, state, sp, ones, stops, **kw)[1])
+        state = sample.replayed(step, params, state, sp, ones, stops, **kw)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(20):
-            torch.compiler.cudagraph_mark_step_begin()
-            state = sample.own(step(params, state, sp, ones, stops, **kw)[1])
+            state = sample.replayed(step, params, state, sp, ones, stops, **kw)
         torch.cuda.synchronize()
     rows = sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:15]
     return [{"kernel": e.key[:120], "us_per_step": round(e.device_time_total / 20, 1), "calls_per_step": e.count / 20}

@@ -115,14 +115,13 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
                 raise InputError(f"row {row}: no token satisfies the constraints (they cannot be met)")
         return allowed.to(device)
 
-    if compile:
-        torch.compiler.cudagraph_mark_step_begin()
-    tok, state = prefill(params, tokens, prompt_lengths, cache, sp, noise(), stops,
-                         cfg=cfg, attention=attention, all_greedy=all_greedy, mask=mask())
-    if compile:
-        state = sample.own(state)
-        tok = state.last
-    pending = [tok]
+    def run(fn, *args, **kwargs) -> sample.SampleState:
+        """The new state of a prefill or step (its token is `last`); compiled, owned out of the graph's pool."""
+        return sample.replayed(fn, *args, **kwargs) if compile else fn(*args, **kwargs)[1]
+
+    state = run(prefill, params, tokens, prompt_lengths, cache, sp, noise(), stops,
+                cfg=cfg, attention=attention, all_greedy=all_greedy, mask=mask())
+    pending = [state.last]
     for n in range(1, max_new_tokens + 1):
         if len(pending) == sync_every or n == max_new_tokens:
             chunk = torch.stack(pending, dim=1).tolist()                   # (B, n_pending): the one sync
@@ -141,12 +140,8 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
                 return
             for c in constraints:                                           # sync_every is 1 here
                 c.advance([toks[-1] if not was_done else None for toks, was_done in zip(chunk, done_before)])
-        if compile:
-            torch.compiler.cudagraph_mark_step_begin()
-        tok, state = step(params, state, sp, noise(), stops, cfg=cfg, attention=attention, all_greedy=all_greedy,
-                          mask=mask())
-        if compile:
-            state = sample.own(state)
+        state = run(step, params, state, sp, noise(), stops, cfg=cfg, attention=attention, all_greedy=all_greedy,
+                    mask=mask())
         pending.append(state.last)
 
 

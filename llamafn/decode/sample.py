@@ -125,3 +125,10 @@ def own(state: SampleState) -> SampleState:
     c = state.cache
     return SampleState(cache=kv.with_lengths(c, c.lengths.clone()), last=state.last.clone(),
                        seen=state.seen.clone(), finished=state.finished.clone())
+
+
+def replayed(fn, *args, **kwargs) -> SampleState:
+    """The state a CUDA-graph prefill or step `fn` returns (its token is the state's `last`), owned
+    before the next replay (see `own`)."""
+    torch.compiler.cudagraph_mark_step_begin()
+    return own(fn(*args, **kwargs)[1])

@@ -27,11 +27,13 @@ from triton.compiler import ASTSource
 from llamafn.kernels import int4_mma, quant_gemv
 from llamafn.quant import mma
 
+EPILOGUE_ARGS = ["COS:*fp32", "SIN:*fp32", "POS:*i64", "CK:*bf16", "CV:*bf16", "scos:i32", "spos:i32", "sckb:i32",
+                 "sckh:i32", "scks:i32", "NQ:i32", "NK:i32"]     # the "rope" epilogue's (quant_gemv.store_rows)
 ARGS = {
     "int8": ["x_ptr:*bf16", "q_ptr:*i32", "s_ptr:*bf16", "out_ptr:*bf16", "N:i32", "KW:i32", "stride_xm:i32",
-             "stride_qn:i32", "stride_om:i32", "magic:i32"],
+             "stride_qn:i32", "stride_om:i32", "magic:i32"] + EPILOGUE_ARGS,
     "int4": ["x_ptr:*i32", "q_ptr:*i32", "s_ptr:*bf16", "z_ptr:*u8", "out_ptr:*bf16", "N:i32", "G:i32",
-             "stride_xm:i32", "stride_qn:i32", "stride_sn:i32", "stride_om:i32"],
+             "stride_xm:i32", "stride_qn:i32", "stride_sn:i32", "stride_om:i32"] + EPILOGUE_ARGS,
     "int4-mma": ["x_ptr:*i64", "w_ptr:*i32", "r_ptr:*i64", "out_ptr:*bf16", "M:i32", "G:i32", "GPC:i32",
                  "stride_xm:i32", "stride_om:i32", "PER_TILE:i32"],
 }
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     for config in quant_gemv.gemv_configs(args.kernel, args.group):
         if args.rows is not None and config.kwargs["BLOCK_N"] != args.rows:
             continue
-        constexprs = dict(config.kwargs, PDL=False) | ({"GROUP": args.group} if args.kernel == "int4" else {})
+        constexprs = (dict(config.kwargs, PDL=False, EPILOGUE="plain", HEAD_DIM=2)
+                      | ({"GROUP": args.group} if args.kernel == "int4" else {}))
         compiled = compile_sm90(kernel, ARGS[args.kernel], constexprs, config.num_warps)
         sass = disassemble(compiled.asm["cubin"])
         ops = loop_opcodes(sass)

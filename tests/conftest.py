@@ -66,7 +66,8 @@ def quant_kernels_first_config():
 
     with pytest.MonkeyPatch.context() as mp:
         gemv, dot = quant_gemv.gemv_configs, quant_matmul._dot_configs
-        mp.setattr(quant_gemv, "gemv_configs", lambda name, group: gemv(name, group)[:1])
+        mp.setattr(quant_gemv, "gemv_configs",        # two rows a program: the "rope" epilogue needs an even count
+                   lambda name, group: [c for c in gemv(name, group) if c.kwargs["BLOCK_N"] == 2][:1])
         mp.setattr(quant_matmul, "_dot_configs", lambda M, group: dot(M, group)[:1])
         mp.setattr(quant_gemv, "TUNED", {})
         yield

@@ -1,6 +1,6 @@
 """Programmatic dependent launch (llamafn.kernels.runtime.pdl) on the decode step's own kernels: the
-Triton kernels of one Llama-2-7B int4 g128 batch-1 step (per layer the fused add + norm, the wqkv GEMV,
-RoPE + cache write, flash-decoding, the wo GEMV, the fused add + norm, the w13 GEMV, SwiGLU and the w2
+Triton kernels of one Llama-2-7B int4 g128 batch-1 step (per layer the fused add + norm, the wqkv GEMV
+with RoPE and the cache write in its epilogue, flash-decoding, the wo GEMV, the fused add + norm, the w13 GEMV, SwiGLU and the w2
 GEMV; no embedding, head or sampling) launched back to back in one CUDA graph, with PDL off and on
 (LLAMAFN_PDL, two rounds each), and the replays' outputs compared bit for bit. The weights are random
 words (the timing does not depend on their values), every layer its own, 2.8 GB in all.
@@ -34,9 +34,10 @@ def int4_weight(n: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, tor
     return words, scale, zero
 
 
-def gemv(x: torch.Tensor, w: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """x (1, K) bf16 against a group-plane int4 weight -> (1, N) bf16."""
-    return quant_gemv.int4_gemv(x.contiguous().view(torch.int32), *w, GROUP, torch.bfloat16)
+def gemv(x: torch.Tensor, w: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+         rope: quant_gemv.RopeWrite | None = None) -> torch.Tensor:
+    """x (1, K) bf16 against a group-plane int4 weight -> (1, N) bf16, or q with `rope` (quant_gemv.store_rows)."""
+    return quant_gemv.int4_gemv(x.contiguous().view(torch.int32), *w, GROUP, torch.bfloat16, rope)
 
 
 def step_kernels(layers: list[dict], x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
@@ -47,9 +48,8 @@ def step_kernels(layers: list[dict], x: torch.Tensor, cache_k: torch.Tensor, cac
     h, f = x, torch.zeros_like(x)
     for i, p in enumerate(layers):
         normed, h = fused.add_rms_norm_launch(h, f, p["attention_norm"], 1e-5)
-        qkv = gemv(normed, p["wqkv"]).view(1, 1, n_heads + 2 * n_kv_heads, head_dim)
-        q = fused.rope_write_launch(qkv[:, :, :n_heads], qkv[:, :, n_heads:n_heads + n_kv_heads],
-                                    qkv[:, :, n_heads + n_kv_heads:], cos, sin, cache_k[i], cache_v[i], pos)
+        q = gemv(normed, p["wqkv"], quant_gemv.RopeWrite(cos, sin, pos, cache_k[i], cache_v[i], n_heads))
+        q = q.view(1, n_heads, 1, head_dim)                                    # (B, H, T, D)
         a = gemv(flash_decode.flash_decode_launch(q, cache_k[i], cache_v[i], pos).reshape(1, dim), p["wo"])
         normed, h = fused.add_rms_norm_launch(h, a, p["ffn_norm"], 1e-5)
         up = gemv(normed, p["w13"])

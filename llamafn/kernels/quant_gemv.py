@@ -42,11 +42,18 @@ the compiled step 0.2% (invocations 52-54).
 For a weight in natural order the layout of x is a kernel of its own inside the custom op; the decode
 layouts (llamafn.quant.for_decode) store the weights in the planes' order, read against x as it is. Both
 kernels are built for programmatic dependent launch on Hopper (runtime.pdl): the int4 kernel loads its
-first tile of weights before it waits for x, so that the loads overlap the kernels before it. On a GPU
-each kernel is autotuned per shape; under `TRITON_INTERPRET=1` it runs one fixed small tile (the CPU
-tests)."""
+first tile of weights before it waits for x, so that the loads overlap the kernels before it. Both end
+in `store_rows`, whose "rope" epilogue lets the fused wqkv's GEMV of a decode step apply RoPE and write
+the KV cache itself (llamafn.quant.linear.gemv_rope_write): 483.2 against 479.8 tok/s for the 7B int4
+step and 330.3 against 328.6 for int8, same-machine pairs on an H100 (quant invocations 64-67); in a probe of
+the kernel chain alone, SwiGLU in the w13 GEMV's epilogue (rows interleaved) took 19-27 us off the 7B step
+(1%), too little for a layout of its own, and L2 prefetches of the next GEMV's weights (bulk
+cp.async.bulk.prefetch.L2 from a kernel between them) made it 0.3-2.9 ms slower. On a GPU each kernel is
+autotuned per shape; under `TRITON_INTERPRET=1` it runs one fixed small tile (the CPU tests)."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -96,9 +103,32 @@ if triton is not None:
         return tl.load(x_row + i * KW + word, mask=in_k, other=0.0).to(tl.float32)
 
     @triton.jit
-    def int8_gemv_rows(x_row, q_ptr, s_ptr, out_row, N, KW, stride_qn, magic, block,
-                       BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
-        """Row block `block` of int8_gemv_kernel: BLOCK_N weight rows against one row of x, stored."""
+    def store_rows(out, row0, m, N, out_ptr, stride_om, COS, SIN, POS, CK, CV, scos, spos, sckb, sckh, scks, NQ, NK,
+                   BLOCK_N: tl.constexpr, EPILOGUE: tl.constexpr, HEAD_DIM: tl.constexpr):
+        """Store rows row0 .. row0 + BN of the product for row m of x, out (BN,) fp32, as the EPILOGUE says.
+        "plain": out_ptr[m, rows]. "rope" (the fused wqkv of a decode step, one token a row of x at position
+        POS[m]; BN even and dividing HEAD_DIM, so a program's rows are whole pairs of one head of q, k or v):
+        RoPE on the q and k rows (Meta's interleaved pairs, cos/sin (M, HEAD_DIM/2) fp32), q to out_ptr[m, rows]
+        (rows below NQ), k and v into the cache CK / CV (B, Hkv, S, HEAD_DIM) at the position, rounded as
+        fused.rope_write rounds: the kernel that did this after the GEMV is gone from the decode step."""
+        rn = row0 + tl.arange(0, BLOCK_N)                                             # (BN,)
+        out = out.to(out_ptr.dtype.element_ty)                                        # (BN,) rounded as F.linear's
+        if EPILOGUE == "rope":
+            re, im = tl.split(tl.reshape(out.to(tl.float32), (BLOCK_N // 2, 2)))     # (BN/2,) pairs
+            i = (row0 % HEAD_DIM) // 2 + tl.arange(0, BLOCK_N // 2)                   # (BN/2,) pair in the head
+            c, s = tl.load(COS + m * scos + i), tl.load(SIN + m * scos + i)
+            rotated = tl.reshape(tl.join(re * c - im * s, re * s + im * c), (BLOCK_N,)).to(out_ptr.dtype.element_ty)
+            kv_row = tl.where(rn < NQ + NK, rn - NQ, rn - NQ - NK)                    # (BN,) row of k or of v
+            at = m * sckb + (kv_row // HEAD_DIM) * sckh + tl.load(POS + m * spos) * scks + kv_row % HEAD_DIM
+            tl.store(out_ptr + m * stride_om + rn, rotated, mask=rn < NQ)
+            tl.store(CK + at, rotated.to(CK.dtype.element_ty), mask=(rn >= NQ) & (rn < NQ + NK))
+            tl.store(CV + at, out.to(CV.dtype.element_ty), mask=(rn >= NQ + NK) & (rn < N))
+        else:
+            tl.store(out_ptr + m * stride_om + rn, out, mask=rn < N)
+
+    @triton.jit
+    def int8_gemv_rows(x_row, q_ptr, s_ptr, N, KW, stride_qn, magic, block, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+        """Row block `block` of int8_gemv_kernel: BLOCK_N weight rows against one row of x -> (BN,) fp32."""
         rn = block * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
         rows = tl.minimum(rn, N - 1)                                                  # (BN,) in bounds
         rw = tl.arange(0, BLOCK_W)                                                    # (BW,)
@@ -113,12 +143,13 @@ if triton is not None:
                 acc += exponent_trick(shifted(words, 15 - 8 * j), 0x7F8000, magic) * xj[None, :]
                 xs += xj
             acc -= 1.5 * xs[None, :]
-        out = tl.sum(acc, axis=1) * 256.0 * tl.load(s_ptr + rows).to(tl.float32)     # (BN,)
-        tl.store(out_row + rn, out.to(out_row.dtype.element_ty), mask=rn < N)
+        return tl.sum(acc, axis=1) * 256.0 * tl.load(s_ptr + rows).to(tl.float32)    # (BN,)
 
     @triton.jit
     def int8_gemv_kernel(x_ptr, q_ptr, s_ptr, out_ptr, N, KW, stride_xm, stride_qn, stride_om, magic,
-                         BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PER_SM: tl.constexpr, PDL: tl.constexpr):
+                         COS, SIN, POS, CK, CV, scos, spos, sckb, sckh, scks, NQ, NK,
+                         BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PER_SM: tl.constexpr, PDL: tl.constexpr,
+                         EPILOGUE: tl.constexpr, HEAD_DIM: tl.constexpr):
         """One row of x against BLOCK_N rows of int8 words a row block: x_ptr (M, 4, KW) planes, plane j at
         word w the input of byte j of word w, q_ptr (N, KW) int32, byte j at bits 8j. Each byte is moved to
         bits 15-22, its sign bit flipped (u = q + 128) and set in 1.0's mantissa: f = 1 + u 2^-8, so
@@ -134,12 +165,16 @@ if triton is not None:
         release_dependents(PDL)
         await_producers(PDL)
         pid_n, m = tl.program_id(0), tl.program_id(1)
-        x_row, out_row = x_ptr + m * stride_xm, out_ptr + m * stride_om
+        x_row = x_ptr + m * stride_xm
         if PER_SM == 0:
-            int8_gemv_rows(x_row, q_ptr, s_ptr, out_row, N, KW, stride_qn, magic, pid_n, BLOCK_N, BLOCK_W)
+            out = int8_gemv_rows(x_row, q_ptr, s_ptr, N, KW, stride_qn, magic, pid_n, BLOCK_N, BLOCK_W)
+            store_rows(out, pid_n * BLOCK_N, m, N, out_ptr, stride_om, COS, SIN, POS, CK, CV, scos, spos, sckb, sckh,
+                       scks, NQ, NK, BLOCK_N, EPILOGUE, HEAD_DIM)
         else:
             for block in range(pid_n, tl.cdiv(N, BLOCK_N), tl.num_programs(0)):
-                int8_gemv_rows(x_row, q_ptr, s_ptr, out_row, N, KW, stride_qn, magic, block, BLOCK_N, BLOCK_W)
+                out = int8_gemv_rows(x_row, q_ptr, s_ptr, N, KW, stride_qn, magic, block, BLOCK_N, BLOCK_W)
+                store_rows(out, block * BLOCK_N, m, N, out_ptr, stride_om, COS, SIN, POS, CK, CV, scos, spos, sckb,
+                           sckh, scks, NQ, NK, BLOCK_N, EPILOGUE, HEAD_DIM)
 
     @triton.jit
     def bf16_lane(pair, HIGH: tl.constexpr):
@@ -189,8 +224,9 @@ if triton is not None:
 
     @triton.jit
     def int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, N, G, stride_xm, stride_qn, stride_sn, stride_om,
+                         COS, SIN, POS, CK, CV, scos, spos, sckb, sckh, scks, NQ, NK,
                          GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, ASM: tl.constexpr,
-                         PDL: tl.constexpr):
+                         PDL: tl.constexpr, EPILOGUE: tl.constexpr, HEAD_DIM: tl.constexpr):
         """One row of x against BLOCK_N rows of int4 words in group-plane order (formats.group_plane_order),
         BLOCK_G groups at a time: x_ptr (M, K/2) int32, bf16 pairs of x itself, q_ptr (N, K/8) int32,
         s_ptr/z_ptr (N, G). Word w of group g, pair j (nibbles j and j + 4) meets x pair (4g + j) GW + w.
@@ -208,8 +244,8 @@ if triton is not None:
         for g0 in range(BLOCK_G, G, BLOCK_G):
             words, s, zero_pair = int4_tile(q_ptr, s_ptr, z_ptr, rows, g0, G, stride_qn, stride_sn, BLOCK_G, GW)
             acc += int4_tile_dots(x_row, words, s, zero_pair, g0, G, BLOCK_G, GW, ASM)
-        out = tl.sum(tl.sum(acc, axis=2), axis=1)                                     # (BN,)
-        tl.store(out_ptr + m * stride_om + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
+        store_rows(tl.sum(tl.sum(acc, axis=2), axis=1), pid_n * BLOCK_N, m, N, out_ptr, stride_om, COS, SIN, POS, CK, CV, scos,
+                   spos, sckb, sckh, scks, NQ, NK, BLOCK_N, EPILOGUE, HEAD_DIM)
 
 
 MAGIC_INT8 = 0x3FC00000         # 1.0f with bit 22 set: XOR-ed in, it flips the sign bit of a byte at bits 15-22
@@ -235,22 +271,24 @@ TUNED: dict[tuple, object] = {}
 
 
 def autotuned(key: tuple, kernel, configs: list, keys: list[str]):
-    """The autotuned `kernel` for `key` (name, gemv or not, M class, group), made once (tuned_configs in
+    """The autotuned `kernel` for `key` (name, gemv or not, M class, group, epilogue), made once (tuned_configs in
     quant_matmul reports what each chose)."""
     if key not in TUNED:
         TUNED[key] = triton.autotune(configs, key=keys)(kernel)
     return TUNED[key]
 
 
-def gemv_kernel(name: str, group: int = 0):
+def gemv_kernel(name: str, group: int = 0, epilogue: str = "plain"):
     """The gemv kernel to launch and its fixed meta-parameters: a small tile in the interpreter, the
-    autotuned kernel on a GPU."""
+    autotuned kernel on a GPU (for the "rope" epilogue, which rotates row pairs, among the configs of an even
+    BLOCK_N)."""
     kernel = int8_gemv_kernel if name == "int8" else int4_gemv_kernel
     if INTERPRET:
         return kernel, ({"BLOCK_N": 2, "BLOCK_W": 16, "PER_SM": 0} if name == "int8"
                         else {"BLOCK_N": 2, "BLOCK_G": 2, "ASM": False})
     keys = ["N", "KW" if name == "int8" else "G"]
-    return autotuned((name, True, 1, group), kernel, gemv_configs(name, group), keys), {}
+    configs = [c for c in gemv_configs(name, group) if epilogue == "plain" or c.kwargs["BLOCK_N"] % 2 == 0]
+    return autotuned((name, True, 1, group, epilogue), kernel, configs, keys), {}
 
 
 def as_words(q: torch.Tensor) -> torch.Tensor | None:
@@ -289,27 +327,53 @@ def launch_group(group_size: int) -> int:
     return max(32, 1 << (group_size - 1).bit_length())
 
 
-def int8_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+class RopeWrite(NamedTuple):
+    """What the "rope" epilogue (store_rows) needs: a decode step's RoPE, cos and sin (M, 1, D/2) fp32, at
+    positions (M, 1), and one layer's cache K and V (M, Hkv, S, D) of one layout, written in place."""
+    cos: torch.Tensor
+    sin: torch.Tensor
+    pos: torch.Tensor
+    cache_k: torch.Tensor
+    cache_v: torch.Tensor
+    n_heads: int
+
+
+def epilogue_launch(M: int, N: int, rope: RopeWrite | None, dtype: torch.dtype, device: torch.device
+                    ) -> tuple[torch.Tensor, tuple, dict]:
+    """The output, (M, N) or with `rope` q (M, n_heads D), the epilogue's kernel arguments (dummies
+    without rope) and its constexprs."""
+    if rope is None:
+        out = torch.empty(M, N, dtype=dtype, device=device)
+        return out, (out,) * 5 + (0,) * 7, {"EPILOGUE": "plain", "HEAD_DIM": 2}
+    ck, cv, D = rope.cache_k, rope.cache_v, rope.cache_k.shape[-1]
+    out = torch.empty(M, rope.n_heads * D, dtype=dtype, device=device)
+    return out, (rope.cos, rope.sin, rope.pos, ck, cv, rope.cos.stride(0), rope.pos.stride(0), ck.stride(0), ck.stride(1),
+                 ck.stride(2), rope.n_heads * D, ck.shape[1] * D), {"EPILOGUE": "rope", "HEAD_DIM": D}
+
+
+def int8_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
+              rope: RopeWrite | None = None) -> torch.Tensor:
     """x planes (M, 4, KW) (int8_gemv_planes, or x (M, K) itself for a planar weight), int8 weight words
-    (N, KW) int32, scale (N,) -> (M, N) in dtype."""
+    (N, KW) int32, scale (N,) -> (M, N) in dtype, or with `rope` q (M, n_heads D) (store_rows)."""
     M, N, KW = xw.shape[0], words.shape[0], words.shape[1]
-    out = torch.empty(M, N, dtype=dtype, device=xw.device)
-    kernel, fixed = gemv_kernel("int8")
+    out, extra, const = epilogue_launch(M, N, rope, dtype, xw.device)
+    kernel, fixed = gemv_kernel("int8", 0, const["EPILOGUE"])
     launcher(kernel)[gemv_grid(N, M, xw.device)](xw, words, scale, out, N, KW, xw.stride(0), words.stride(0),
-                                                 out.stride(0), MAGIC_INT8, PDL=pdl(xw.device), **fixed)
+                                                 out.stride(0), MAGIC_INT8, *extra, PDL=pdl(xw.device), **const, **fixed)
     return out
 
 
 def int4_gemv(pairs: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
-              dtype: torch.dtype) -> torch.Tensor:
+              dtype: torch.dtype, rope: RopeWrite | None = None) -> torch.Tensor:
     """bf16 pairs of x (M, K/2) int32 (x itself for a group-plane weight, else int4_gemv_pairs), int4 words
-    (N, K/8) int32 in group-plane order, scale/zero (N, G), whole groups -> (M, N) in dtype."""
+    (N, K/8) int32 in group-plane order, scale/zero (N, G), whole groups -> (M, N) in dtype, or with `rope`
+    q (M, n_heads D) (store_rows)."""
     M, N = pairs.shape[0], words.shape[0]
-    out = torch.empty(M, N, dtype=dtype, device=pairs.device)
-    kernel, fixed = gemv_kernel("int4", group_size)
+    out, extra, const = epilogue_launch(M, N, rope, dtype, pairs.device)
+    kernel, fixed = gemv_kernel("int4", group_size, const["EPILOGUE"])
     launcher(kernel)[gemv_grid(N, M, pairs.device)](pairs, words, scale, zero, out, N, scale.shape[1], pairs.stride(0),
-                                                    words.stride(0), scale.stride(0), out.stride(0), GROUP=group_size,
-                                                    PDL=pdl(pairs.device), **fixed)
+                                                    words.stride(0), scale.stride(0), out.stride(0), *extra,
+                                                    GROUP=group_size, PDL=pdl(pairs.device), **const, **fixed)
     return out
 
 

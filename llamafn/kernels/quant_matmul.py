@@ -96,14 +96,15 @@ def dot_kernel(name: str, M: int, group: int = 0):
     if INTERPRET:
         return kernel, {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": max(32, group)}
     m_class = 16 if M <= 16 else 64 if M <= 64 else 1 << 30
-    return quant_gemv.autotuned((name, False, m_class, group), kernel, _dot_configs(M, group), ["N", "K"]), {}
+    return quant_gemv.autotuned((name, False, m_class, group, "plain"), kernel, _dot_configs(M, group), ["N", "K"]), {}
 
 
 def tuned_configs() -> dict[str, str]:
     """The config the autotuner chose for each kernel and shape key so far (for benchmark records; compiled
     steps launch through the same tuners)."""
-    return {f"{name} {'gemv' if gemv else 'dot'} M<={m_class} group={group} (N, K)={key[:2]}": str(config)
-            for (name, gemv, m_class, group), tuner in quant_gemv.TUNED.items() for key, config in tuner.cache.items()}
+    return {f"{name} {'gemv' if gemv else 'dot'} M<={m_class} group={group}{'' if ep == 'plain' else ' ' + ep} "
+            f"(N, K)={key[:2]}": str(config) for (name, gemv, m_class, group, ep), tuner in quant_gemv.TUNED.items()
+            for key, config in tuner.cache.items()}
 
 
 def dot_grid(N: int, M: int):
@@ -153,7 +154,26 @@ def int4_matmul_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, ze
     return out
 
 
+def gemv_rope_write_launch(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+                           group_size: int, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+                           cache_k: torch.Tensor, cache_v: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """One row x (1, K) against a fused wqkv in its GEMV's plane order (int8 without zero, int4 with), RoPE on
+    q and k and the write of k and v into cache_k / cache_v (1, Hkv, S, D) at pos (1, 1) in the GEMV's
+    epilogue -> q (1, n_heads D)."""
+    rope = quant_gemv.RopeWrite(cos, sin, pos, cache_k, cache_v, n_heads)
+    if zero is None:
+        return int8_gemv(x, as_words(q), scale, x.dtype, rope)
+    return int4_gemv(x.view(torch.int32), as_words(q), scale, zero, group_size, x.dtype, rope)
+
+
 if triton is not None:
+    @kernel_op("llamafn::gemv_rope_write", mutates_args={"cache_k", "cache_v"})
+    def gemv_rope_write(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+                        group_size: int, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, cache_k: torch.Tensor,
+                        cache_v: torch.Tensor, n_heads: int) -> torch.Tensor:
+        """gemv_rope_write_launch on the GPU."""
+        return gemv_rope_write_launch(x, q, scale, zero, group_size, cos, sin, pos, cache_k, cache_v, n_heads)
+
     @kernel_op("llamafn::int8_matmul", mutates_args=())
     def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, planar: bool = False) -> torch.Tensor:
         """x (M, K) @ dequantised int8 weight (N, K)^T -> (M, N), on the GPU; `planar`: q's columns are in

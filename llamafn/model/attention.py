@@ -57,6 +57,28 @@ def rope_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Ten
     return apply_rope(q, cos, sin).transpose(1, 2), cache                  # (B, H, T, D)
 
 
+def project_qkv(p: dict[str, torch.Tensor], x: torch.Tensor, n_heads: int, n_kv_heads: int, head_dim: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (B, T, dim) -> q (B, T, H, D), k and v (B, T, Hkv, D), by the fused `wqkv.weight` (rows q, k, v) or
+    by `wq.weight`, `wk.weight` and `wv.weight`."""
+    B, T, _ = x.shape
+    D = head_dim
+    if "wqkv.weight" in p:
+        q, k, v = linear(x, p["wqkv.weight"]).split([n_heads * D, n_kv_heads * D, n_kv_heads * D], dim=-1)
+    else:
+        q, k, v = linear(x, p["wq.weight"]), linear(x, p["wk.weight"]), linear(x, p["wv.weight"])
+    return q.view(B, T, n_heads, D), k.view(B, T, n_kv_heads, D), v.view(B, T, n_kv_heads, D)
+
+
+@register("qkv_rope_write", "reference")
+def qkv_rope_write(x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache, layer: int,
+                   pos: torch.Tensor, n_heads: int, rope_write=rope_write) -> tuple[torch.Tensor, KVCache]:
+    """x (B, T, dim) against a fused wqkv (rows q, k, v), then RoPE and the cache write by `rope_write` (this
+    reference's, or a kernel set's) -> (q (B, H, T, D), cache, written in place)."""
+    Hkv, D = cache.k[layer].shape[1], cache.k[layer].shape[-1]
+    return rope_write(*project_qkv({"wqkv.weight": w}, x, n_heads, Hkv, D), cos, sin, cache, layer, pos)
+
+
 def fold_groups(q: torch.Tensor, n_kv_heads: int) -> torch.Tensor:
     """(B, H, T, D) -> (B, Hkv, n_rep*T, D): query head h = j*n_rep + i uses KV head j (Meta's repeat_kv)."""
     B, H, T, D = q.shape
@@ -108,17 +130,16 @@ def attention(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None
     B, T, _ = x.shape
     H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     pos, cos, sin = rope if rope is not None else step_rope(cache, B, T, x.device, cfg=cfg, backend=backend)
-    if "wqkv.weight" in p:
-        q, k, v = linear(x, p["wqkv.weight"]).split([H * D, Hkv * D, Hkv * D], dim=-1)
-    else:
-        q, k, v = linear(x, p["wq.weight"]), linear(x, p["wk.weight"]), linear(x, p["wv.weight"])
-    q, k, v = q.view(B, T, H, D), k.view(B, T, Hkv, D), v.view(B, T, Hkv, D)   # (B, T, heads, D)
     attend = get("attention", backend)
     if cache is None:
+        q, k, v = project_qkv(p, x, H, Hkv, D)                                 # (B, T, heads, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None)
     else:
-        q, cache = get_or_reference("rope_write", backend)(q, k, v, cos, sin, cache, layer, pos)   # q (B, H, T, D)
+        if "wqkv.weight" in p:                                                  # q (B, H, T, D)
+            q, cache = get_or_reference("qkv_rope_write", backend)(x, p["wqkv.weight"], cos, sin, cache, layer, pos, H)
+        else:
+            q, cache = get_or_reference("rope_write", backend)(*project_qkv(p, x, H, Hkv, D), cos, sin, cache, layer, pos)
         if kv.quantized(cache) and backend in backends("attention_int8"):           # reads the int8 cache itself
             out = get("attention_int8", backend)(q, cache.k[layer], cache.k_scale[layer], cache.v[layer],
                                                  cache.v_scale[layer], pos)

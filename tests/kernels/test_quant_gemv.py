@@ -1,6 +1,6 @@
 """The batch-1 GEMV kernels (llamafn.kernels.quant_gemv) against x @ dequantize(w)^T, in Triton's
 interpreter on the CPU and natively on a GPU: the activations' layouts, codes at the ends of their
-ranges, every autotuning config, the persistent programs' loop and grid. The int4 kernel's packed bf16
+ranges, every autotuning config, the persistent programs' loop and grid, the "rope" epilogue. The int4 kernel's packed bf16
 PTX runs only on a GPU; in the interpreter its fp32 twin (ASM=False) checks the layouts and tiles."""
 
 import pytest
@@ -8,7 +8,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llamafn.kernels import quant_gemv, quant_matmul
+from llamafn.config import ModelConfig
+from llamafn.kernels import fused, quant_gemv, quant_matmul
+from llamafn.model.rope import inv_frequencies, step_positions
 from llamafn.quant.formats import (GROUP_SIZES, Int4Weight, Int8Weight, group_plane_order, pack_int4, plane_order,
                                    quantize_int4, quantize_int8)
 from llamafn.quant.planar import to_planar
@@ -79,18 +81,18 @@ def test_every_gemv_config(name):
     words = quant_gemv.as_words(q.q)
     N, KW = words.shape
     for config in EVERY_GEMV_CONFIG(name, 128):
-        out = torch.empty(1, N, dtype=dtype, device=DEVICE)
-        launch = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+        out, epilogue, const = quant_gemv.epilogue_launch(1, N, None, dtype, torch.device(DEVICE))
+        launch = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages, **const)
         if name == "int8":
             xw = quant_gemv.int8_gemv_planes(x)
             quant_gemv.int8_gemv_kernel[quant_gemv.gemv_grid(N, 1, x.device)](
                 xw, words, q.scale, out, N, KW, xw.stride(0), words.stride(0), out.stride(0), quant_gemv.MAGIC_INT8,
-                PDL=False, **launch)
+                *epilogue, PDL=False, **launch)
         else:
             pairs = quant_gemv.int4_gemv_pairs(x, 128)
             quant_gemv.int4_gemv_kernel[quant_gemv.gemv_grid(N, 1, x.device)](
                 pairs, words, q.scale, q.zero, out, N, q.scale.shape[1], pairs.stride(0), words.stride(0),
-                q.scale.stride(0), out.stride(0), GROUP=128, PDL=False, **dict(launch, ASM=DEVICE == "cuda"))
+                q.scale.stride(0), out.stride(0), *epilogue, GROUP=128, PDL=False, **dict(launch, ASM=DEVICE == "cuda"))
         check(out, x, q)
 
 
@@ -102,10 +104,10 @@ def test_persistent_int8_gemv_loops_over_row_blocks(seed, n, k, programs):
     x, w = inputs(seed, 1, n, k, dtype)
     q = quantize_int8(w)
     words, xw = quant_gemv.as_words(q.q), quant_gemv.int8_gemv_planes(x)
-    out = torch.empty(1, n, dtype=dtype, device=DEVICE)
+    out, epilogue, const = quant_gemv.epilogue_launch(1, n, None, dtype, torch.device(DEVICE))
     quant_gemv.int8_gemv_kernel[(programs, 1)](xw, words, q.scale, out, n, k // 4, xw.stride(0), words.stride(0),
-                                               out.stride(0), quant_gemv.MAGIC_INT8, BLOCK_N=2, BLOCK_W=16, PER_SM=1,
-                                               PDL=False)
+                                               out.stride(0), quant_gemv.MAGIC_INT8, *epilogue, BLOCK_N=2, BLOCK_W=16,
+                                               PER_SM=1, PDL=False, **const)
     check(out, x, q)
 
 
@@ -121,3 +123,37 @@ def test_gemv_grid_caps_persistent_programs():
 def test_launch_group_covers_a_single_group():
     assert quant_gemv.launch_group(128) == 128
     assert quant_gemv.launch_group(172) == 256 and quant_gemv.launch_group(10) == 32
+
+
+@given(seeds(), st.sampled_from(["int8", "int4"]), st.integers(1, 3), st.sampled_from([1, 2, 4]),
+       st.sampled_from([8, 16, 32]), st.integers(0, 5))
+def test_rope_epilogue_equals_the_gemv_then_rope_write(seed, name, n_kv_heads, group, head_dim, pos):
+    """The fused wqkv's GEMV rotating q and k and writing k and v into the cache in its epilogue gives, bit
+    for bit, what the plain GEMV then the rope_write kernel give; the cache changes at the position only."""
+    g = torch.Generator().manual_seed(seed)
+    H, K, S = n_kv_heads * group, 64, 6
+    dtype = torch.bfloat16 if DEVICE == "cuda" or name == "int4" else torch.float32
+    x, w = inputs(seed, 1, (H + 2 * n_kv_heads) * head_dim, K, dtype)
+    planar = to_planar(quantize_int8(w) if name == "int8" else quantize_int4(w, 32))
+    zero, group_size = (None, 0) if name == "int8" else (planar.zero, 32)
+    positions = torch.tensor([[pos]], device=DEVICE)
+    cfg = ModelConfig(dim=H * head_dim, n_layers=1, n_heads=H, n_kv_heads=n_kv_heads, vocab_size=8, hidden_dim=8)
+    _, cos, sin = step_positions(positions, inv_frequencies(cfg, DEVICE))
+    cache_k, cache_v = (torch.randn(1, n_kv_heads, S, head_dim, generator=g).to(DEVICE, dtype) for _ in range(2))
+    before = cache_k.clone()
+    fused_k, fused_v = cache_k.clone(), cache_v.clone()
+    q = quant_matmul.gemv_rope_write_launch(x, planar.q, planar.scale, zero, group_size, cos, sin, positions,
+                                            fused_k, fused_v, H)
+    if name == "int8":
+        qkv = quant_matmul.int8_matmul_launch(x, planar.q, planar.scale, planar=True, use_dot=False)
+    else:
+        qkv = quant_matmul.int4_matmul_launch(x, planar.q, planar.scale, planar.zero, 32, planar=True, use_dot=False)
+    qkv = qkv.view(1, 1, H + 2 * n_kv_heads, head_dim)
+    q_ref = fused.rope_write_launch(qkv[:, :, :H], qkv[:, :, H:H + n_kv_heads], qkv[:, :, H + n_kv_heads:], cos, sin,
+                                    cache_k, cache_v, positions)
+    assert q.shape == (1, H * head_dim)
+    torch.testing.assert_close(q.view(1, H, 1, head_dim), q_ref, rtol=0, atol=0)
+    torch.testing.assert_close(fused_k, cache_k, rtol=0, atol=0)
+    torch.testing.assert_close(fused_v, cache_v, rtol=0, atol=0)
+    others = torch.arange(S, device=DEVICE) != pos
+    torch.testing.assert_close(fused_k[:, :, others], before[:, :, others], rtol=0, atol=0)

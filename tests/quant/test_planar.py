@@ -1,6 +1,7 @@
 """int8 and int4 weights in their GEMV's plane orders (llamafn.quant.planar) against the weights they came
 from: the same matrix exactly, the same products through `linear` (the kernels on a GPU, dequantize +
-matmul on the CPU) and the same forward; never saved."""
+matmul on the CPU) and the same forward, the decode GEMV of the fused wqkv with RoPE and the cache write
+in its epilogue; never saved."""
 
 import pytest
 import torch
@@ -9,9 +10,12 @@ from hypothesis import strategies as st
 
 import llamafn as lf
 from llamafn.errors import InputError
+from llamafn.kernels import get, quant_gemv
+from llamafn.model.attention import step_rope
 from llamafn.quant import (Int4GemvWeight, Int4Weight, Int8GemvWeight, Int8Weight, dequantize, for_gemv, linear,
                            quantize, scheme_of, to_tensors)
 from llamafn.quant.formats import GROUP_SIZES, group_natural_order, quantize_int4, quantize_int8, unpack_int4
+from llamafn.quant.linear import fuses_rope_write
 from llamafn.quant.planar import fits, to_planar
 from tests.kernels.quant_reference import check
 from tests.strategies import seeds
@@ -91,3 +95,31 @@ def test_a_forward_in_planar_layout_equals_the_natural_one(small_fused_model, sc
     # put different columns in a word (on the CPU both dequantise)
     tol = 2e-2 if scheme == "int8" else 5e-2
     torch.testing.assert_close(one, expected[:1, :1], atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(quant_gemv.triton is None, reason="triton is not installed")
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_the_triton_qkv_rope_write_fuses_the_decode_gemv(small_fused_model, scheme):
+    """The triton kernel set's fused wqkv product of a one-token step in planar layout (the GEMV rotating q
+    and k and writing the cache in its epilogue) gives the reference's q and cache; with two tokens, or a
+    natural-order weight, it is the reference's product with the triton rope_write."""
+    params, cfg, _ = small_fused_model
+    w = for_gemv(quantize(params, scheme, group_size=32))["layers.0.attention.wqkv.weight"]
+    natural = quantize(params, scheme, group_size=32)["layers.0.attention.wqkv.weight"]
+    fused_op, reference = get("qkv_rope_write", "triton"), get("qkv_rope_write", "reference")
+    dtype = torch.bfloat16 if DEVICE == "cuda" or scheme == "int4" else torch.float32
+    g = torch.Generator().manual_seed(2)
+    for T, weight_ in ((1, w), (2, w), (1, natural)):
+        x = torch.randn(1, T, cfg.dim, generator=g).to(DEVICE, dtype)
+        cache = lf.init_cache(cfg, 1, 16, dtype=dtype, device=DEVICE)._replace(lengths=torch.tensor([3], device=DEVICE))
+        rope = step_rope(cache, 1, T, torch.device(DEVICE), cfg=cfg)
+        assert fuses_rope_write(x, weight_, cache) == (T == 1 and weight_ is w)
+        q, got = fused_op(x, weight_, rope[1], rope[2], cache, 0, rope[0], cfg.n_heads)
+        q, k, v = q.clone(), got.k[0].clone(), got.v[0].clone()
+        expected = lf.init_cache(cfg, 1, 16, dtype=dtype, device=DEVICE)._replace(lengths=cache.lengths)
+        q_ref, expected = reference(x, weight_, rope[1], rope[2], expected, 0, rope[0], cfg.n_heads)
+        tol = 5e-2 if dtype == torch.bfloat16 else 1e-4
+        torch.testing.assert_close(q, q_ref, atol=tol, rtol=tol)
+        torch.testing.assert_close(k, expected.k[0], atol=tol, rtol=tol)
+        torch.testing.assert_close(v, expected.v[0], atol=tol, rtol=tol)
+        assert k[:, :, 3:3 + T].abs().sum() > 0 and k[:, :, 3 + T:].abs().sum() == 0

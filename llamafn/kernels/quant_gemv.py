@@ -258,10 +258,10 @@ def gemv_configs(name: str, group: int) -> list:
     shared memory; int4 also two, its x loads being 32-bit pairs); one stage, as nothing feeds tl.dot.
     For int8 also persistent programs (PER_SM an SM) at the row blocks and warps where they measured best.
     int4 tiles of two vectors a thread and row are no longer offered: the tuner, timing each kernel alone,
-    chose one only once (BLOCK_N 1, 32 groups, for the 7B w13), and that compiled step, every kernel a
+    chose such a tile only once (BLOCK_N 1, 32 groups, for the 7B w13), and that compiled step, every kernel a
     programmatic dependent launch, ran at 442.1 tok/s; offered one vector only, the next H100 lease took
     BLOCK_N 2 for every layer and ran at 501.6 (both with the output head quantised; quant invocations 68
-    and 70; two leases, which differ by up to 10%, so the likely cause rather than a same-machine A/B)."""
+    and 72; two leases, which differ by up to 10%, so the likely cause rather than a same-machine A/B)."""
     if name == "int4":
         return [triton.Config({"BLOCK_N": bn, "BLOCK_G": max(1, 128 * warps // (group // 8)), "ASM": True},
                               num_warps=warps, num_stages=1)

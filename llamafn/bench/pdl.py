@@ -1,9 +1,10 @@
 """Programmatic dependent launch (llamafn.kernels.runtime.pdl) on the decode step's own kernels: the
 Triton kernels of one Llama-2-7B int4 g128 batch-1 step (per layer the fused add + norm, the wqkv GEMV
-with RoPE and the cache write in its epilogue, flash-decoding, the wo GEMV, the fused add + norm, the w13 GEMV, SwiGLU and the w2
-GEMV; no embedding, head or sampling) launched back to back in one CUDA graph, with PDL off and on
-(LLAMAFN_PDL, two rounds each), and the replays' outputs compared bit for bit. The weights are random
-words (the timing does not depend on their values), every layer its own, 2.8 GB in all.
+with RoPE and the cache write in its epilogue, flash-decoding, the wo GEMV, the fused add + norm, the
+w13 GEMV, SwiGLU and the w2 GEMV; no embedding, head or sampling) launched back to back in one CUDA
+graph, with PDL off and on (LLAMAFN_PDL, two rounds each), and the replays' outputs compared bit for
+bit. The weights are random words (the timing does not depend on their values), every layer its own,
+2.8 GB in all.
 
     python scripts/bench_pdl.py
 """

@@ -57,6 +57,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..errors import InputError
 from ..quant.formats import group_natural_order, natural_order
 from .runtime import INTERPRET, launcher, pdl, sm_count, triton
 
@@ -127,7 +128,8 @@ if triton is not None:
             tl.store(out_ptr + m * stride_om + rn, out, mask=rn < N)
 
     @triton.jit
-    def int8_gemv_rows(x_row, q_ptr, s_ptr, N, KW, stride_qn, magic, block, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+    def int8_gemv_rows(x_row, q_ptr, s_ptr, N, KW, stride_qn, magic, block,
+                       BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
         """Row block `block` of int8_gemv_kernel: BLOCK_N weight rows against one row of x -> (BN,) fp32."""
         rn = block * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BN,)
         rows = tl.minimum(rn, N - 1)                                                  # (BN,) in bounds
@@ -244,8 +246,9 @@ if triton is not None:
         for g0 in range(BLOCK_G, G, BLOCK_G):
             words, s, zero_pair = int4_tile(q_ptr, s_ptr, z_ptr, rows, g0, G, stride_qn, stride_sn, BLOCK_G, GW)
             acc += int4_tile_dots(x_row, words, s, zero_pair, g0, G, BLOCK_G, GW, ASM)
-        store_rows(tl.sum(tl.sum(acc, axis=2), axis=1), pid_n * BLOCK_N, m, N, out_ptr, stride_om, COS, SIN, POS, CK, CV, scos,
-                   spos, sckb, sckh, scks, NQ, NK, BLOCK_N, EPILOGUE, HEAD_DIM)
+        out = tl.sum(tl.sum(acc, axis=2), axis=1)                                     # (BN,)
+        store_rows(out, pid_n * BLOCK_N, m, N, out_ptr, stride_om, COS, SIN, POS, CK, CV, scos, spos, sckb, sckh, scks,
+                   NQ, NK, BLOCK_N, EPILOGUE, HEAD_DIM)
 
 
 MAGIC_INT8 = 0x3FC00000         # 1.0f with bit 22 set: XOR-ed in, it flips the sign bit of a byte at bits 15-22
@@ -351,9 +354,12 @@ def epilogue_launch(M: int, N: int, rope: RopeWrite | None, dtype: torch.dtype, 
         out = torch.empty(M, N, dtype=dtype, device=device)
         return out, (out,) * 5 + (0,) * 7, {"EPILOGUE": "plain", "HEAD_DIM": 2}
     ck, cv, D = rope.cache_k, rope.cache_v, rope.cache_k.shape[-1]
+    if cv.stride() != ck.stride():
+        raise InputError(f"the rope epilogue writes K and V at the same offsets: strides {ck.stride()} and {cv.stride()}")
+    cos, sin = rope.cos.contiguous(), rope.sin.contiguous()                   # one stride for both
     out = torch.empty(M, rope.n_heads * D, dtype=dtype, device=device)
-    return out, (rope.cos, rope.sin, rope.pos, ck, cv, rope.cos.stride(0), rope.pos.stride(0), ck.stride(0), ck.stride(1),
-                 ck.stride(2), rope.n_heads * D, ck.shape[1] * D), {"EPILOGUE": "rope", "HEAD_DIM": D}
+    return out, (cos, sin, rope.pos, ck, cv, cos.stride(0), rope.pos.stride(0), ck.stride(0), ck.stride(1), ck.stride(2),
+                 rope.n_heads * D, ck.shape[1] * D), {"EPILOGUE": "rope", "HEAD_DIM": D}
 
 
 def int8_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
@@ -364,7 +370,8 @@ def int8_gemv(xw: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, dtype:
     out, extra, const = epilogue_launch(M, N, rope, dtype, xw.device)
     kernel, fixed = gemv_kernel("int8", 0, const["EPILOGUE"])
     launcher(kernel)[gemv_grid(N, M, xw.device)](xw, words, scale, out, N, KW, xw.stride(0), words.stride(0),
-                                                 out.stride(0), MAGIC_INT8, *extra, PDL=pdl(xw.device), **const, **fixed)
+                                                 out.stride(0), MAGIC_INT8, *extra, PDL=pdl(xw.device), **const,
+                                                 **fixed)
     return out
 
 

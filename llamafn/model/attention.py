@@ -139,7 +139,8 @@ def attention(p: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache | None
         if "wqkv.weight" in p:                                                  # q (B, H, T, D)
             q, cache = get_or_reference("qkv_rope_write", backend)(x, p["wqkv.weight"], cos, sin, cache, layer, pos, H)
         else:
-            q, cache = get_or_reference("rope_write", backend)(*project_qkv(p, x, H, Hkv, D), cos, sin, cache, layer, pos)
+            q, k, v = project_qkv(p, x, H, Hkv, D)
+            q, cache = get_or_reference("rope_write", backend)(q, k, v, cos, sin, cache, layer, pos)
         if kv.quantized(cache) and backend in backends("attention_int8"):           # reads the int8 cache itself
             out = get("attention_int8", backend)(q, cache.k[layer], cache.k_scale[layer], cache.v[layer],
                                                  cache.v_scale[layer], pos)

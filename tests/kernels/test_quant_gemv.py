@@ -1,7 +1,8 @@
 """The batch-1 GEMV kernels (llamafn.kernels.quant_gemv) against x @ dequantize(w)^T, in Triton's
 interpreter on the CPU and natively on a GPU: the activations' layouts, codes at the ends of their
-ranges, every autotuning config, the persistent programs' loop and grid, the "rope" epilogue. The int4 kernel's packed bf16
-PTX runs only on a GPU; in the interpreter its fp32 twin (ASM=False) checks the layouts and tiles."""
+ranges, every autotuning config, the persistent programs' loop and grid, the "rope" epilogue. The int4
+kernel's packed bf16 PTX runs only on a GPU; in the interpreter its fp32 twin (ASM=False) checks the
+layouts and tiles."""
 
 import pytest
 import torch

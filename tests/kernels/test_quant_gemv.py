@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llamafn.config import ModelConfig
+from llamafn.errors import InputError
 from llamafn.kernels import fused, quant_gemv, quant_matmul
 from llamafn.model.rope import inv_frequencies, step_positions
 from llamafn.quant.formats import (GROUP_SIZES, Int4Weight, Int8Weight, group_plane_order, pack_int4, plane_order,
@@ -158,3 +159,13 @@ def test_rope_epilogue_equals_the_gemv_then_rope_write(seed, name, n_kv_heads, g
     torch.testing.assert_close(fused_v, cache_v, rtol=0, atol=0)
     others = torch.arange(S, device=DEVICE) != pos
     torch.testing.assert_close(fused_k[:, :, others], before[:, :, others], rtol=0, atol=0)
+
+
+def test_rope_epilogue_needs_k_and_v_of_one_layout():
+    """K and V are written at the same offsets, so caches of different strides are refused by name."""
+    cos = torch.zeros(1, 1, 8)
+    cache_k = torch.zeros(1, 2, 6, 16)
+    cache_v = torch.zeros(1, 2, 16, 6).transpose(-1, -2)                          # (1, 2, 6, 16), other strides
+    rope = quant_gemv.RopeWrite(cos, cos, torch.zeros(1, 1, dtype=torch.int64), cache_k, cache_v, 4)
+    with pytest.raises(InputError, match="K and V at the same offsets"):
+        quant_gemv.epilogue_launch(1, 128, rope, torch.float32, torch.device("cpu"))

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import cache as kv
-from ..kernels import get, int4_mma, mma_dequant, quant_matmul, register  # noqa: F401  (registers the custom ops)
+from ..kernels import get, int4_mma, mma_dequant, quant_gemv, quant_matmul, register  # noqa: F401  (registers the custom ops)
 from ..kernels.runtime import INTERPRET, triton
 from .formats import (Int4GemvWeight, Int4MmaWeight, Int4TinyGemmWeight, Int4Weight, Int8GemvWeight, Int8Weight,
                       QuantWeight, dequantize)
@@ -74,7 +74,7 @@ def fuses_rope_write(x: torch.Tensor, w: torch.Tensor | QuantWeight, cache: kv.K
     kernel runs here (a GPU, or the interpreter), a float cache, and head dims of whole row blocks."""
     if not isinstance(w, (Int8GemvWeight, Int4GemvWeight)) or triton is None or not (x.is_cuda or INTERPRET):
         return False
-    int4_ok = isinstance(w, Int8GemvWeight) or (x.dtype == torch.bfloat16 and x.shape[-1] % w.group_size == 0)
+    int4_ok = isinstance(w, Int8GemvWeight) or quant_gemv.int4_gemv_fits(x.reshape(-1, x.shape[-1]), w.group_size)
     return x.shape[0] * x.shape[1] == 1 and int4_ok and not kv.quantized(cache) and cache.k[0].shape[-1] % 4 == 0
 
 
@@ -89,7 +89,6 @@ def gemv_rope_write(x: torch.Tensor, w: torch.Tensor | QuantWeight, cos: torch.T
         return get("qkv_rope_write", "reference")(x, w, cos, sin, cache, layer, pos, n_heads,
                                                    rope_write=get("rope_write", "triton"))
     launch = torch.ops.llamafn.gemv_rope_write if x.is_cuda else quant_matmul.gemv_rope_write_launch
-    zero = w.zero if isinstance(w, Int4GemvWeight) else None
-    group = w.group_size if isinstance(w, Int4GemvWeight) else 0
+    zero, group = (w.zero, w.group_size) if isinstance(w, Int4GemvWeight) else (None, 0)
     q = launch(x.reshape(1, -1), w.q, w.scale, zero, group, cos, sin, pos, cache.k[layer], cache.v[layer], n_heads)
     return q.view(1, n_heads, 1, -1), cache                                     # (B, H, T, D)
